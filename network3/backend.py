@@ -1,0 +1,117 @@
+"""backend.py: where the graph runs, which float type it uses, and the one
+seedable source of randomness.
+
+Nothing here touches PyTensor's global configuration: the float type is
+passed explicitly to every shared variable and symbolic input network3
+creates, and every ``pytensor.function`` is compiled with an explicit mode.
+Importing network3 therefore changes nothing for other PyTensor code.
+
+Backends (choose with ``network3.set_backend`` or the environment variable
+``NETWORK3_BACKEND``):
+
+* ``"numba"`` (default): PyTensor's default linker; compiled code is cached on
+  disk under ``~/.pytensor``, so the second run of a network starts fast.
+* ``"jax"``: PyTensor's JAX backend (``pip install network3[jax]``); on a
+  machine with a CUDA build of jax this is the GPU path
+  (``network3.GPU = True``).
+* ``"c"``: PyTensor's C virtual machine (needs a BLAS that PyTensor can link).
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytensor
+
+BACKENDS = ("numba", "jax", "c")
+
+_settings = {"floatX": "float32", "backend": None}
+_rng = np.random.default_rng()
+
+
+# ---------------------------------------------------------------- float type
+def floatX():
+    """The float dtype of network3's parameters and data ("float32" unless
+    changed with ``set_floatX``)."""
+    return _settings["floatX"]
+
+
+def set_floatX(dtype):
+    """Use ``dtype`` ("float32" or "float64") for networks built from now on."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"floatX must be 'float32' or 'float64', not {dtype!r}")
+    _settings["floatX"] = dtype
+
+
+def as_floatX(value):
+    """A numpy array of ``value`` in network3's float type."""
+    return np.asarray(value, dtype=floatX())
+
+
+# ------------------------------------------------------------------ randomness
+def seed(value):
+    """Seed network3's random generator: weight initialisation and dropout
+    masks drawn after this call are repeatable.  Call it before building the
+    layers."""
+    global _rng
+    _rng = np.random.default_rng(value)
+
+
+def get_rng():
+    """The numpy Generator behind initialisation and dropout seeds."""
+    return _rng
+
+
+# ------------------------------------------------------------------- backends
+def set_backend(name):
+    """Compile networks built from now on with backend ``name``
+    ("numba", "jax" or "c"); ``None`` restores the default."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    _settings["backend"] = name
+
+
+def backend():
+    """The backend the next compiled function will use."""
+    if _gpu_requested():
+        return "jax"
+    name = _settings["backend"] or os.environ.get("NETWORK3_BACKEND", "numba")
+    name = name.lower()
+    if name not in BACKENDS:
+        raise ValueError(
+            f"NETWORK3_BACKEND={name!r} is not a backend; choose one of {BACKENDS}")
+    return name
+
+
+def _gpu_requested():
+    # The book's flag: ``network3.GPU = True`` before building a network.
+    package = sys.modules.get("network3")
+    return bool(getattr(package, "GPU", False))
+
+
+def _mode(name):
+    if name == "numba":
+        return pytensor.compile.mode.get_mode("NUMBA")
+    if name == "c":
+        return pytensor.compile.mode.get_mode("CVM")
+    try:
+        import jax
+    except ImportError:
+        raise RuntimeError(
+            "the 'jax' backend needs jax: pip install 'network3[jax]' "
+            "(or set network3.GPU = False / NETWORK3_BACKEND=numba)") from None
+    if _gpu_requested():
+        try:
+            jax.devices("gpu")
+        except RuntimeError:
+            raise RuntimeError(
+                "network3.GPU is True but jax sees no GPU (devices: "
+                f"{jax.devices()}). Install a CUDA build of jax "
+                "(pip install 'jax[cuda12]') or set network3.GPU = False."
+            ) from None
+    return pytensor.compile.mode.get_mode("JAX")
+
+
+def function(inputs, outputs, **kwargs):
+    """``pytensor.function`` compiled with network3's chosen backend."""
+    return pytensor.function(inputs, outputs, mode=_mode(backend()), **kwargs)

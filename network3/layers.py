@@ -1,0 +1,296 @@
+"""layers.py: the book's three layer types, activation functions and dropout.
+
+Each layer is three small parts, as in the book: a constructor that checks
+its arguments and creates the shared parameters ``w`` and ``b``;
+``params = [w, b]``; and ``set_inpt``, which builds the layer's part of the
+symbolic graph twice: ``output`` (used for accuracy and prediction) and
+``output_dropout`` (used for the training cost).
+
+Semantics follow the book's ``network3.py`` exactly (see CONTRACT.md):
+dropout is *not* inverted (the training graph masks the layer's input, the
+inference graph scales the weighted input by 1 - p_dropout); the activation
+of a ConvPoolLayer comes after pooling; the default initialisation is the
+book's.  Two quirks of the original are fixed: every dropout layer draws its
+own random stream (the original seeded them all with the same constant), and
+a seed (``network3.seed``) makes initialisation and masks repeatable.
+"""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.tensor import sigmoid, tanh  # re-exported, as the book did  # noqa: F401
+
+from . import ops
+from .backend import as_floatX, floatX, get_rng
+
+
+#### Activation functions for neurons
+def linear(z):
+    return z
+
+
+def ReLU(z):
+    return pt.maximum(z, 0)
+
+
+#### Initialisation
+INITS = ("book", "corrected", "glorot", "he")
+
+
+def init_weights(shape, n_in, n_out, init="book"):
+    """Gaussian weights of ``shape``, zero mean, with the standard deviation
+    of scheme ``init``:
+
+    * ``"book"``: sqrt(1/n_out), what the book's experiments used (its author
+      later called the n_out a mistake);
+    * ``"corrected"``: sqrt(1/n_in), what the author intended;
+    * ``"glorot"``: sqrt(2/(n_in + n_out));
+    * ``"he"``: sqrt(2/n_in), for ReLU networks.
+    """
+    scales = {"book": np.sqrt(1.0 / n_out),
+              "corrected": np.sqrt(1.0 / n_in),
+              "glorot": np.sqrt(2.0 / (n_in + n_out)),
+              "he": np.sqrt(2.0 / n_in)}
+    if init not in scales:
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
+    return as_floatX(get_rng().normal(loc=0.0, scale=scales[init], size=shape))
+
+
+def _shared(value, name):
+    return pytensor.shared(as_floatX(value), name=name, borrow=True)
+
+
+#### Argument checks shared by the layers
+def _check_positive_ints(layer, **values):
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or value <= 0:
+            raise ValueError(
+                f"{layer}: {name} must be a positive integer, got {value!r}")
+
+
+def _check_p_dropout(layer, p_dropout):
+    if not isinstance(p_dropout, (int, float, np.floating)) or \
+            not 0.0 <= p_dropout < 1.0:
+        raise ValueError(
+            f"{layer}: p_dropout must be in [0, 1), got {p_dropout!r} "
+            "(it is the probability of dropping a unit; 0 means no dropout)")
+
+
+def _check_activation(layer, activation_fn):
+    if not callable(activation_fn):
+        raise TypeError(
+            f"{layer}: activation_fn must be a function of a symbolic tensor "
+            f"(such as network3.sigmoid or network3.ReLU), got {activation_fn!r}")
+    try:
+        out = activation_fn(pt.matrix(dtype=floatX()))
+    except Exception as err:
+        raise TypeError(
+            f"{layer}: activation_fn {activation_fn!r} failed on a symbolic "
+            f"tensor: {err}") from None
+    if not isinstance(out, pytensor.graph.basic.Variable):
+        raise TypeError(
+            f"{layer}: activation_fn {activation_fn!r} returned "
+            f"{type(out).__name__}, not a symbolic tensor; write it with "
+            "pytensor.tensor operations (e.g. pt.maximum(z, 0))")
+
+
+#### Define layer types
+class ConvPoolLayer:
+    """A convolutional layer followed by max-pooling, as in the book:
+    valid true convolution, non-overlapping max-pool (border ignored), then
+    ``+ b`` and the activation.  No dropout in convolutional layers.
+
+    ``filter_shape`` = (filters, input feature maps, filter height, width);
+    ``image_shape`` = (mini-batch size, input feature maps, height, width);
+    ``poolsize`` = (pool height, pool width).
+    """
+
+    def __init__(self, filter_shape, image_shape, poolsize=(2, 2),
+                 activation_fn=sigmoid, init="book"):
+        name = "ConvPoolLayer"
+        filter_shape, image_shape, poolsize = (
+            _int_tuple(name, "filter_shape", filter_shape, 4),
+            _int_tuple(name, "image_shape", image_shape, 4),
+            _int_tuple(name, "poolsize", poolsize, 2))
+        n_filters, channels, fh, fw = filter_shape
+        _, image_channels, h, w = image_shape
+        if channels != image_channels:
+            raise ValueError(
+                f"{name}: filter_shape {filter_shape} expects {channels} input "
+                f"feature maps but image_shape {image_shape} has "
+                f"{image_channels}; make filter_shape[1] == image_shape[1]")
+        if fh > h or fw > w:
+            raise ValueError(
+                f"{name}: filter {fh}x{fw} is larger than the {h}x{w} image "
+                f"(filter_shape {filter_shape}, image_shape {image_shape})")
+        ch, cw = h - fh + 1, w - fw + 1
+        if poolsize[0] > ch or poolsize[1] > cw:
+            raise ValueError(
+                f"{name}: poolsize {poolsize} is larger than the {ch}x{cw} "
+                "feature maps the convolution produces")
+        _check_activation(name, activation_fn)
+        self.filter_shape = filter_shape
+        self.image_shape = image_shape
+        self.poolsize = poolsize
+        self.activation_fn = activation_fn
+        # the book's n_out: each unit of the layer below feeds
+        # filters * fh * fw / (pool area) units of this one
+        n_in = channels * fh * fw
+        n_out = n_filters * fh * fw / np.prod(poolsize)
+        self.w = _shared(init_weights(filter_shape, n_in, n_out, init), "w")
+        self.b = _shared(get_rng().normal(0.0, 1.0, size=(n_filters,)), "b")
+        self.params = [self.w, self.b]
+
+    @property
+    def output_shape(self):
+        """(filters, pooled height, pooled width) of one example's output."""
+        n_filters, _, fh, fw = self.filter_shape
+        _, _, h, w = self.image_shape
+        return (n_filters, (h - fh + 1) // self.poolsize[0],
+                (w - fw + 1) // self.poolsize[1])
+
+    @property
+    def input_size(self):
+        return int(np.prod(self.image_shape[1:]))
+
+    @property
+    def output_size(self):
+        return int(np.prod(self.output_shape))
+
+    def output_for(self, inpt, batch_size):
+        """The layer's output for ``batch_size`` examples (inference graph)."""
+        image_shape = (batch_size,) + self.image_shape[1:]
+        x = inpt.reshape(image_shape)
+        conv_out = ops.conv2d(x, self.w, image_shape, self.filter_shape)
+        n_filters, _, fh, fw = self.filter_shape
+        conv_shape = (batch_size, n_filters, image_shape[2] - fh + 1,
+                      image_shape[3] - fw + 1)
+        pooled_out = ops.max_pool_2d(conv_out, conv_shape, self.poolsize)
+        # bias broadcast over (batch, ., height, width); activation after pooling
+        return self.activation_fn(pooled_out + self.b.dimshuffle("x", 0, "x", "x"))
+
+    def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
+        self.inpt = inpt.reshape(self.image_shape)
+        self.output = self.output_for(inpt, mini_batch_size)
+        self.output_dropout = self.output  # no dropout in the convolutional layers
+
+    def __repr__(self):
+        return (f"ConvPoolLayer(filter_shape={self.filter_shape}, "
+                f"image_shape={self.image_shape}, poolsize={self.poolsize}, "
+                f"activation_fn={_fn_name(self.activation_fn)})")
+
+
+class FullyConnectedLayer:
+    """A dense layer: ``activation_fn(dot(inpt, w) + b)``, with optional
+    (non-inverted) dropout on its input during training."""
+
+    def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0,
+                 init="book"):
+        name = "FullyConnectedLayer"
+        _check_positive_ints(name, n_in=n_in, n_out=n_out)
+        _check_p_dropout(name, p_dropout)
+        _check_activation(name, activation_fn)
+        self.n_in = int(n_in)
+        self.n_out = int(n_out)
+        self.activation_fn = activation_fn
+        self.p_dropout = p_dropout
+        self.w = _shared(init_weights((n_in, n_out), n_in, n_out, init), "w")
+        self.b = _shared(get_rng().normal(0.0, 1.0, size=(n_out,)), "b")
+        self.params = [self.w, self.b]
+
+    input_size = property(lambda self: self.n_in)
+    output_size = property(lambda self: self.n_out)
+
+    def _weighted_input(self, x):
+        # inference: the weights saw only (1 - p) of their inputs in training
+        if self.p_dropout:
+            return as_floatX(1 - self.p_dropout) * pt.dot(x, self.w) + self.b
+        return pt.dot(x, self.w) + self.b
+
+    def output_for(self, inpt, batch_size):
+        x = inpt.reshape((batch_size, self.n_in))
+        return self.activation_fn(self._weighted_input(x))
+
+    def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
+        self.inpt = inpt.reshape((mini_batch_size, self.n_in))
+        self.output = self.activation_fn(self._weighted_input(self.inpt))
+        self.y_out = pt.argmax(self.output, axis=1)
+        self.inpt_dropout = dropout_layer(
+            inpt_dropout.reshape((mini_batch_size, self.n_in)), self.p_dropout)
+        self.output_dropout = self.activation_fn(
+            pt.dot(self.inpt_dropout, self.w) + self.b)
+
+    def accuracy(self, y):
+        "Return the accuracy for the mini-batch."
+        return pt.mean(pt.eq(y, self.y_out))
+
+    def __repr__(self):
+        return (f"FullyConnectedLayer(n_in={self.n_in}, n_out={self.n_out}, "
+                f"activation_fn={_fn_name(self.activation_fn)}, "
+                f"p_dropout={self.p_dropout})")
+
+
+class SoftmaxLayer(FullyConnectedLayer):
+    """The output layer: softmax of the weighted input, log-likelihood cost.
+    Weights and biases start at zero, as in the book."""
+
+    def __init__(self, n_in, n_out, p_dropout=0.0):
+        name = "SoftmaxLayer"
+        _check_positive_ints(name, n_in=n_in, n_out=n_out)
+        _check_p_dropout(name, p_dropout)
+        self.n_in = int(n_in)
+        self.n_out = int(n_out)
+        self.p_dropout = p_dropout
+        self.activation_fn = softmax
+        self.w = _shared(np.zeros((n_in, n_out)), "w")
+        self.b = _shared(np.zeros((n_out,)), "b")
+        self.params = [self.w, self.b]
+
+    def cost(self, net):
+        "Return the log-likelihood cost."
+        # log(p)[arange(n), y] picks each example's log-probability of its
+        # label; n is the static mini-batch size (JAX needs a concrete arange)
+        n = net.mini_batch_size
+        return -pt.mean(pt.log(self.output_dropout)[pt.arange(n), net.y])
+
+    def __repr__(self):
+        return (f"SoftmaxLayer(n_in={self.n_in}, n_out={self.n_out}, "
+                f"p_dropout={self.p_dropout})")
+
+
+def softmax(z):
+    return pt.special.softmax(z, axis=-1)
+
+
+#### Miscellanea
+def dropout_layer(layer, p_dropout):
+    """Multiply ``layer`` by a random keep-mask: each unit survives with
+    probability 1 - p_dropout.  Each call makes its own random stream,
+    seeded from network3's generator (``network3.seed``)."""
+    if p_dropout == 0:
+        return layer  # no mask at all: drawing one would cost 7x the step
+    rng = pytensor.shared(
+        np.random.default_rng(get_rng().integers(2**63)), name="dropout_rng")
+    next_rng, mask = pt.random.bernoulli(
+        1 - p_dropout, size=layer.shape, rng=rng).owner.outputs
+    rng.default_update = next_rng  # advance the stream on every call
+    return layer * pt.cast(mask, layer.dtype)
+
+
+def _int_tuple(layer, name, value, length):
+    try:
+        out = tuple(int(v) for v in value)
+        ok = len(out) == length and all(v > 0 for v in out) and \
+            all(int(v) == v for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{layer}: {name} must be a tuple of {length} positive integers, "
+            f"got {value!r}")
+    return out
+
+
+def _fn_name(fn):
+    return getattr(fn, "__name__", repr(fn))

@@ -1,0 +1,244 @@
+"""network.py: the ``Network`` class, which wires the layers into one
+symbolic graph and trains it by mini-batch stochastic gradient descent.
+
+As in the book: the cost is the output layer's log-likelihood (on the
+dropout path) plus ``0.5 * lmbda * sum(w**2) / num_training_batches``; the
+update is plain ``param - eta * grad``; mini-batches are the fixed contiguous
+slices ``[i*m:(i+1)*m]`` of the training data, in order, every epoch; the
+validation accuracy is measured once per epoch and, when it is at least the
+best so far, the test accuracy too.  The printed lines are the book's.
+"""
+
+import time
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+
+from .backend import as_floatX, floatX, function
+from .layers import ConvPoolLayer
+
+
+#### Main class used to construct and train networks
+class Network:
+
+    def __init__(self, layers, mini_batch_size):
+        """Takes a list of ``layers``, describing the network architecture,
+        and the ``mini_batch_size`` used during training.  Checks that the
+        layers fit together before building any graph."""
+        _check_architecture(layers, mini_batch_size)
+        self.layers = list(layers)
+        self.mini_batch_size = int(mini_batch_size)
+        self.params = [param for layer in self.layers for param in layer.params]
+        self.x = pt.matrix("x", dtype=floatX())
+        self.y = pt.ivector("y")
+        init_layer = self.layers[0]
+        init_layer.set_inpt(self.x, self.x, self.mini_batch_size)
+        for prev_layer, layer in zip(self.layers[:-1], self.layers[1:]):
+            layer.set_inpt(
+                prev_layer.output, prev_layer.output_dropout, self.mini_batch_size)
+        self.output = self.layers[-1].output
+        self.output_dropout = self.layers[-1].output_dropout
+        self.history = []
+
+    def SGD(self, training_data, epochs, mini_batch_size, eta,
+            validation_data=None, test_data=None, lmbda=0.0):
+        """Train the network using mini-batch stochastic gradient descent."""
+        m = self.mini_batch_size
+        if mini_batch_size != m:
+            raise ValueError(
+                f"SGD: mini_batch_size={mini_batch_size!r} but the network was "
+                f"built with mini_batch_size={m}; pass the same value (the "
+                "layers' shapes are fixed when the network is built)")
+        _check_number("epochs", epochs, integer=True)
+        _check_number("eta", eta)
+        _check_number("lmbda", lmbda, allow_zero=True)
+        if validation_data is None:
+            raise ValueError(
+                "SGD: validation_data is required: the book selects the best "
+                "epoch by validation accuracy")
+        training_x, training_y, n_train = self._data(training_data, "training_data")
+        validation_x, validation_y, n_valid = self._data(
+            validation_data, "validation_data")
+        if test_data is not None:
+            test_x, test_y, n_test = self._data(test_data, "test_data")
+
+        # compute number of mini-batches for training, validation and testing
+        num_training_batches = n_train // m
+        num_validation_batches = n_valid // m
+
+        # define the (regularized) cost function, symbolic gradients, and updates
+        cost = self.layers[-1].cost(self)
+        if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
+            l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers)
+            cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
+                l2_norm_squared
+        grads = pytensor.grad(cost, self.params)
+        updates = [(param, param - as_floatX(eta) * grad)
+                   for param, grad in zip(self.params, grads)]
+
+        # define functions to train a mini-batch, and to compute the
+        # accuracy in validation and test mini-batches.
+        i = pt.lscalar("i")  # mini-batch index
+        batch = slice(i * m, (i + 1) * m)
+        train_mb = function(
+            [i], cost, updates=updates,
+            givens={self.x: training_x[batch], self.y: training_y[batch]})
+        accuracy = self.layers[-1].accuracy(self.y)
+        validate_mb_accuracy = function(
+            [i], accuracy,
+            givens={self.x: validation_x[batch], self.y: validation_y[batch]})
+        if test_data is not None:
+            num_test_batches = n_test // m
+            test_mb_accuracy = function(
+                [i], accuracy,
+                givens={self.x: test_x[batch], self.y: test_y[batch]})
+            self.test_mb_predictions = function(
+                [i], self.layers[-1].y_out, givens={self.x: test_x[batch]})
+
+        # Do the actual training
+        best_validation_accuracy = 0.0
+        best_iteration = None
+        test_accuracy = None
+        for epoch in range(epochs):
+            start, total_cost = time.perf_counter(), 0.0
+            for minibatch_index in range(num_training_batches):
+                iteration = num_training_batches * epoch + minibatch_index
+                if iteration % 1000 == 0:
+                    print(f"Training mini-batch number {iteration}")
+                total_cost += float(train_mb(minibatch_index))
+            validation_accuracy = np.mean(
+                [validate_mb_accuracy(j) for j in range(num_validation_batches)])
+            print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
+            record = {"epoch": epoch,
+                      "training_cost": total_cost / num_training_batches,
+                      "validation_accuracy": float(validation_accuracy),
+                      "test_accuracy": None}
+            if validation_accuracy >= best_validation_accuracy:
+                print("This is the best validation accuracy to date.")
+                best_validation_accuracy = validation_accuracy
+                best_iteration = iteration
+                if test_data is not None:
+                    test_accuracy = np.mean(
+                        [test_mb_accuracy(j) for j in range(num_test_batches)])
+                    record["test_accuracy"] = float(test_accuracy)
+                    print(f"The corresponding test accuracy is {test_accuracy:.2%}")
+            record["seconds"] = time.perf_counter() - start
+            self.history.append(record)
+        print("Finished training network.")
+        print(f"Best validation accuracy of {best_validation_accuracy:.2%} "
+              f"obtained at iteration {best_iteration}")
+        if test_data is not None:
+            print(f"Corresponding test accuracy of {test_accuracy:.2%}")
+        self.best_validation_accuracy = float(best_validation_accuracy)
+        self.best_iteration = best_iteration
+        self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+
+    def _data(self, data, name):
+        """Check a data set against the network; return (x, y, size) where x
+        and y are symbolic (shared) variables usable in ``givens``."""
+        try:
+            x, y = data
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"SGD: {name} must be an (x, y) pair as returned by "
+                f"load_data_shared(), got {type(data).__name__}") from None
+        x_value, y_value = _value(x), _value(y)
+        if x_value.ndim != 2 or y_value.ndim != 1 or \
+                len(x_value) != len(y_value):
+            raise ValueError(
+                f"SGD: {name} must hold images of shape (N, pixels) and labels "
+                f"of shape (N,), got {x_value.shape} and {y_value.shape}")
+        n_in = self.layers[0].input_size
+        if x_value.shape[1] != n_in:
+            raise ValueError(
+                f"SGD: {name} has {x_value.shape[1]} values per image but the "
+                f"first layer ({_layer_name(0, self.layers[0])}) takes {n_in}")
+        if len(x_value) < self.mini_batch_size:
+            raise ValueError(
+                f"SGD: {name} has {len(x_value)} examples, fewer than one "
+                f"mini-batch of {self.mini_batch_size}")
+        if not np.isfinite(x_value).all():
+            raise ValueError(f"SGD: {name} contains NaN or infinite pixel values")
+        n_out = self.layers[-1].output_size
+        if y_value.min() < 0 or y_value.max() >= n_out:
+            raise ValueError(
+                f"SGD: {name} has labels in [{y_value.min()}, {y_value.max()}] "
+                f"but the output layer has {n_out} classes (labels 0..{n_out - 1})")
+        if not isinstance(x, pytensor.graph.basic.Variable) or x.dtype != floatX():
+            x = pytensor.shared(np.asarray(x_value, dtype=floatX()), borrow=True)
+        if not isinstance(y, pytensor.graph.basic.Variable):
+            y = pytensor.shared(np.asarray(y_value, dtype="int32"), borrow=True)
+        elif y.dtype != "int32":
+            y = pt.cast(y, "int32")
+        return x, y, len(x_value)
+
+    def __repr__(self):
+        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        return f"Network([\n    {inner}],\n    mini_batch_size={self.mini_batch_size})"
+
+
+#### Checks
+def _layer_name(index, layer):
+    return f"layer {index} ({type(layer).__name__})"
+
+
+def _check_architecture(layers, mini_batch_size):
+    if isinstance(mini_batch_size, bool) or \
+            not isinstance(mini_batch_size, (int, np.integer)) or mini_batch_size <= 0:
+        raise ValueError(
+            f"Network: mini_batch_size must be a positive integer, "
+            f"got {mini_batch_size!r}")
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"Network: layers must be a non-empty list, got {layers!r}")
+    for index, layer in enumerate(layers):
+        if not hasattr(layer, "set_inpt") or not hasattr(layer, "params"):
+            raise TypeError(
+                f"Network: layer {index} is {layer!r}, not a network3 layer "
+                "(ConvPoolLayer, FullyConnectedLayer or SoftmaxLayer)")
+        if isinstance(layer, ConvPoolLayer) and \
+                layer.image_shape[0] != mini_batch_size:
+            raise ValueError(
+                f"Network: {_layer_name(index, layer)} has image_shape "
+                f"{layer.image_shape} whose first entry {layer.image_shape[0]} "
+                f"is not mini_batch_size={mini_batch_size}; use image_shape="
+                f"({mini_batch_size}, {', '.join(map(str, layer.image_shape[1:]))})")
+    for index in range(1, len(layers)):
+        prev, layer = layers[index - 1], layers[index]
+        if prev.output_size != layer.input_size:
+            if isinstance(prev, ConvPoolLayer):
+                f, h, w = prev.output_shape
+                got = f"{f}*{h}*{w} = {prev.output_size} ({f} feature maps of {h}x{w})"
+            else:
+                got = str(prev.output_size)
+            if isinstance(layer, ConvPoolLayer):
+                fix = f"make image_shape[1:] multiply to {prev.output_size}"
+            else:
+                fix = f"use n_in={prev.output_size}"
+            raise ValueError(
+                f"Network: {_layer_name(index, layer)} takes {layer.input_size} "
+                f"inputs but {_layer_name(index - 1, prev)} gives {got}; {fix}")
+    if not hasattr(layers[-1], "cost"):
+        raise TypeError(
+            f"Network: the last layer must be a SoftmaxLayer (it defines the "
+            f"cost), got {_layer_name(len(layers) - 1, layers[-1])}")
+
+
+def _check_number(name, value, integer=False, allow_zero=False):
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and \
+        np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        what = "a positive integer" if integer else (
+            "a non-negative number" if allow_zero else "a positive number")
+        raise ValueError(f"SGD: {name} must be {what}, got {value!r}")
+
+
+def _value(v):
+    """The numpy value of a data array: shared variable, symbolic expression
+    (such as the book's ``T.cast(shared_y, "int32")``) or array."""
+    if hasattr(v, "get_value"):
+        return v.get_value(borrow=True)
+    if isinstance(v, pytensor.graph.basic.Variable):
+        return v.eval()
+    return np.asarray(v)
