@@ -134,6 +134,48 @@ class Network:
         self.best_iteration = best_iteration
         self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
 
+    #### Beyond the book: prediction and accuracy on any data
+    def predict(self, x, probabilities=False, batch_size=500):
+        """Predicted labels for the images ``x`` (numpy, shape (N, 784) or
+        (N, 28, 28); any N).  With ``probabilities=True``, also return the
+        (N, classes) softmax outputs.  Uses the inference graph (dropout
+        layers scaled by 1 - p), compiled once per ``batch_size``."""
+        n_in = self.layers[0].input_size
+        x = np.asarray(x, dtype=floatX())
+        if x.size % n_in or (x.ndim > 1 and x[0].size != n_in):
+            raise ValueError(
+                f"predict: images of shape {x.shape[1:]} do not match the "
+                f"first layer, which takes {n_in} values per image")
+        x = x.reshape(-1, n_in)
+        forward = self._forward_fn(batch_size)
+        n = len(x)
+        probs = np.empty((n, self.layers[-1].output_size), dtype=floatX())
+        for start in range(0, n, batch_size):
+            chunk = x[start:start + batch_size]
+            if len(chunk) < batch_size:  # pad the last, partial batch
+                chunk = np.concatenate(
+                    [chunk, np.zeros((batch_size - len(chunk), n_in), chunk.dtype)])
+            probs[start:start + batch_size] = forward(chunk)[:n - start]
+        labels = probs.argmax(axis=1)
+        return (labels, probs) if probabilities else labels
+
+    def accuracy(self, data, batch_size=500):
+        """Fraction of the examples of ``data`` (an (x, y) pair of arrays or
+        shared variables, any size) that the network classifies correctly."""
+        x, y = (_value(v) for v in data)
+        return float(np.mean(self.predict(x, batch_size=batch_size) == y))
+
+    def _forward_fn(self, batch_size):
+        # the layers' inference graph, rebuilt for another batch size
+        cache = self.__dict__.setdefault("_forward_fns", {})
+        if batch_size not in cache:
+            x = pt.matrix("x", dtype=floatX())
+            out = x
+            for layer in self.layers:
+                out = layer.output_for(out, batch_size)
+            cache[batch_size] = function([x], out)
+        return cache[batch_size]
+
     def _data(self, data, name):
         """Check a data set against the network; return (x, y, size) where x
         and y are symbolic (shared) variables usable in ``givens``."""
