@@ -18,12 +18,21 @@ SGD), ``data`` (MNIST), ``backend`` (float type, backend, random seed).
 Importing network3 changes no global PyTensor setting.
 """
 
-from . import backend, data, layers, ops  # noqa: F401
+from . import backend, data, layers, ops, saving  # noqa: F401
 from .backend import floatX, seed, set_backend, set_floatX  # noqa: F401
 from .data import load_data, load_data_shared, size  # noqa: F401
-from .layers import (ConvPoolLayer, FullyConnectedLayer, ReLU,  # noqa: F401
-                     SoftmaxLayer, dropout_layer, linear, sigmoid, tanh)
+from .layers import (  # noqa: F401
+                     ConvPoolLayer,
+                     FullyConnectedLayer,
+                     ReLU,
+                     SoftmaxLayer,
+                     dropout_layer,
+                     linear,
+                     sigmoid,
+                     tanh,
+)
 from .network import Network  # noqa: F401
+from .saving import load  # noqa: F401
 
 #### Constants
 # The book's flag.  Set ``network3.GPU = True`` before building a network to

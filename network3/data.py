@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytensor
-import pytensor.tensor as pt
 
 from .backend import floatX
 
@@ -319,7 +318,8 @@ def main(argv=None):
         description="Build the book's mnist.pkl.gz from the MNIST IDX files.")
     parser.add_argument("--idx-dir", help="folder holding the four MNIST "
                         "files (.gz or not); default: download them")
-    parser.add_argument("--out", help=f"output file (default {data_dir()}/mnist.pkl.gz)")
+    parser.add_argument(
+        "--out", help=f"output file (default {data_dir()}/mnist.pkl.gz)")
     args = parser.parse_args(argv)
     try:
         out = build_mnist_pkl(args.out, args.idx_dir)

@@ -293,4 +293,8 @@ def _int_tuple(layer, name, value, length):
 
 
 def _fn_name(fn):
+    if fn is sigmoid:
+        return "sigmoid"
+    if fn is tanh:
+        return "tanh"
     return getattr(fn, "__name__", repr(fn))

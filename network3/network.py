@@ -165,6 +165,12 @@ class Network:
         x, y = (_value(v) for v in data)
         return float(np.mean(self.predict(x, batch_size=batch_size) == y))
 
+    def save(self, filename):
+        """Save architecture and parameters to ``filename`` (a safe .npz);
+        ``network3.load(filename)`` gives the network back."""
+        from .saving import save
+        save(self, filename)
+
     def _forward_fn(self, batch_size):
         # the layers' inference graph, rebuilt for another batch size
         cache = self.__dict__.setdefault("_forward_fns", {})

@@ -1,0 +1,112 @@
+"""saving.py: save a trained network and load it back.
+
+Following ``network2.py``'s precedent (``net.save(filename)``,
+``network3.load(filename)``), but in a format that cannot run code when
+loaded: one ``.npz`` file holding the weights as plain arrays and the
+architecture as a JSON string, read back with ``allow_pickle=False``.
+"""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .backend import as_floatX
+from .data import atomic_write
+from .layers import (
+    ConvPoolLayer,
+    FullyConnectedLayer,
+    ReLU,
+    SoftmaxLayer,
+    linear,
+    sigmoid,
+    tanh,
+)
+
+FORMAT = "network3/1"
+ACTIVATIONS = {"sigmoid": sigmoid, "tanh": tanh, "ReLU": ReLU, "linear": linear}
+
+
+def describe(layer):
+    """A JSON-able description of ``layer`` from which it can be rebuilt."""
+    if isinstance(layer, ConvPoolLayer):
+        return {"type": "ConvPoolLayer", "filter_shape": list(layer.filter_shape),
+                "image_shape": list(layer.image_shape),
+                "poolsize": list(layer.poolsize),
+                "activation_fn": _activation_name(layer.activation_fn)}
+    if isinstance(layer, SoftmaxLayer):
+        return {"type": "SoftmaxLayer", "n_in": layer.n_in, "n_out": layer.n_out,
+                "p_dropout": layer.p_dropout}
+    if isinstance(layer, FullyConnectedLayer):
+        return {"type": "FullyConnectedLayer", "n_in": layer.n_in,
+                "n_out": layer.n_out, "p_dropout": layer.p_dropout,
+                "activation_fn": _activation_name(layer.activation_fn)}
+    raise TypeError(f"cannot save a layer of type {type(layer).__name__}")
+
+
+def save(net, filename):
+    """Write ``net``'s architecture and parameters to ``filename`` (.npz)."""
+    spec = {"format": FORMAT, "mini_batch_size": net.mini_batch_size,
+            "layers": [describe(layer) for layer in net.layers]}
+    arrays = {f"layer{i}_{p.name}": p.get_value()
+              for i, layer in enumerate(net.layers) for p in layer.params}
+    buffer = io.BytesIO()
+    np.savez(buffer, architecture=np.array(json.dumps(spec)), **arrays)
+    atomic_write(Path(filename), buffer.getvalue())
+
+
+def load(filename, activations=None):
+    """The network saved in ``filename``.  ``activations`` maps the names of
+    custom activation functions to the functions themselves."""
+    from .network import Network
+    known = dict(ACTIVATIONS, **(activations or {}))
+    try:
+        with np.load(filename, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{filename}: not a saved network3 network ({err})") from None
+    if "architecture" not in arrays:
+        raise ValueError(f"{filename}: not a saved network3 network (no architecture)")
+    spec = json.loads(str(arrays.pop("architecture")))
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{filename}: format {spec.get('format')!r} is not {FORMAT!r}")
+    layers = []
+    for i, d in enumerate(spec["layers"]):
+        kind = d.pop("type")
+        if "activation_fn" in d:
+            name = d["activation_fn"]
+            if name not in known:
+                raise ValueError(
+                    f"{filename}: layer {i} uses activation {name!r}; pass "
+                    f"load(..., activations={{{name!r}: function}})")
+            d["activation_fn"] = known[name]
+        cls = {"ConvPoolLayer": ConvPoolLayer, "SoftmaxLayer": SoftmaxLayer,
+               "FullyConnectedLayer": FullyConnectedLayer}.get(kind)
+        if cls is None:
+            raise ValueError(f"{filename}: layer {i} has unknown type {kind!r}")
+        layers.append(cls(**d))
+    net = Network(layers, spec["mini_batch_size"])
+    expected = {f"layer{i}_{p.name}": p for i, layer in enumerate(net.layers)
+                for p in layer.params}
+    if set(expected) != set(arrays):
+        raise ValueError(
+            f"{filename}: parameters {sorted(arrays)} do not match the "
+            f"architecture's {sorted(expected)}")
+    for key, param in expected.items():
+        shape = param.get_value(borrow=True).shape
+        if arrays[key].shape != shape:
+            raise ValueError(f"{filename}: {key} has shape {arrays[key].shape}, "
+                             f"the architecture needs {shape}")
+        param.set_value(as_floatX(arrays[key]))
+    return net
+
+
+def _activation_name(fn):
+    for name, known in ACTIVATIONS.items():
+        if fn is known:
+            return name
+    name = getattr(fn, "__name__", None)
+    if not name or name == "<lambda>":
+        raise ValueError(f"cannot save activation {fn!r}: give it a name (a def)")
+    return name
