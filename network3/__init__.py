@@ -22,14 +22,14 @@ from . import backend, data, layers, ops, saving  # noqa: F401
 from .backend import floatX, seed, set_backend, set_floatX  # noqa: F401
 from .data import load_data, load_data_shared, size  # noqa: F401
 from .layers import (  # noqa: F401
-                     ConvPoolLayer,
-                     FullyConnectedLayer,
-                     ReLU,
-                     SoftmaxLayer,
-                     dropout_layer,
-                     linear,
-                     sigmoid,
-                     tanh,
+    ConvPoolLayer,
+    FullyConnectedLayer,
+    ReLU,
+    SoftmaxLayer,
+    dropout_layer,
+    linear,
+    sigmoid,
+    tanh,
 )
 from .network import Network  # noqa: F401
 from .saving import load  # noqa: F401
