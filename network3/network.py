@@ -67,23 +67,12 @@ class Network:
         num_training_batches = n_train // m
         num_validation_batches = n_valid // m
 
-        # define the (regularized) cost function, symbolic gradients, and updates
-        cost = self.layers[-1].cost(self)
-        if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
-            l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers)
-            cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
-                l2_norm_squared
-        grads = pytensor.grad(cost, self.params)
-        updates = [(param, param - as_floatX(eta) * grad)
-                   for param, grad in zip(self.params, grads)]
-
         # define functions to train a mini-batch, and to compute the
         # accuracy in validation and test mini-batches.
+        train_mb = self.train_mb_function(
+            training_x, training_y, eta, lmbda, num_training_batches)
         i = pt.lscalar("i")  # mini-batch index
         batch = slice(i * m, (i + 1) * m)
-        train_mb = function(
-            [i], cost, updates=updates,
-            givens={self.x: training_x[batch], self.y: training_y[batch]})
         accuracy = self.layers[-1].accuracy(self.y)
         validate_mb_accuracy = function(
             [i], accuracy,
@@ -133,6 +122,26 @@ class Network:
         self.best_validation_accuracy = float(best_validation_accuracy)
         self.best_iteration = best_iteration
         self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+
+    def train_mb_function(self, training_x, training_y, eta, lmbda,
+                          num_training_batches):
+        """Compile ``train_mb(i)``: one SGD step on mini-batch ``i`` of the
+        shared training data; returns the mini-batch's cost."""
+        # define the (regularized) cost function, symbolic gradients, and updates
+        cost = self.layers[-1].cost(self)
+        if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
+            l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers)
+            cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
+                l2_norm_squared
+        grads = pytensor.grad(cost, self.params)
+        updates = [(param, param - as_floatX(eta) * grad)
+                   for param, grad in zip(self.params, grads)]
+        i = pt.lscalar("i")  # mini-batch index
+        m = self.mini_batch_size
+        batch = slice(i * m, (i + 1) * m)
+        return function(
+            [i], cost, updates=updates,
+            givens={self.x: training_x[batch], self.y: training_y[batch]})
 
     #### Beyond the book: prediction and accuracy on any data
     def predict(self, x, probabilities=False, batch_size=500):
