@@ -179,7 +179,8 @@ def worker(args):
     else:
         first, per_step = time_torch(args.net, args.steps, args.threads)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"threads": _threads, "first_call_s": first, "step_ms": per_step * 1e3,
+    print(json.dumps({"threads": _threads, "first_call_s": first,
+                      "step_ms": per_step * 1e3,
                       "epoch_s": per_step * STEPS_PER_EPOCH, "peak_mb": peak_mb}))
 
 
