@@ -42,8 +42,26 @@ class Network:
         self.history = []
 
     def SGD(self, training_data, epochs, mini_batch_size, eta,
-            validation_data=None, test_data=None, lmbda=0.0):
-        """Train the network using mini-batch stochastic gradient descent."""
+            validation_data=None, test_data=None, lmbda=0.0, *,
+            early_stopping=None, restore_best=False, progress=False):
+        """Train the network using mini-batch stochastic gradient descent.
+
+        The book's arguments behave and print exactly as in the book.  The
+        keyword-only extras are off by default:
+
+        * ``eta`` may also be a function of the epoch number (a learning-rate
+          schedule; see ``network3.schedules``); returning ``None`` stops
+          training.
+        * ``early_stopping=n``: stop when the validation accuracy has not
+          improved for ``n`` epochs.
+        * ``restore_best=True``: end with the parameters of the best
+          validation epoch (always done after an interrupt or divergence).
+        * ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
+
+        Each epoch's training cost, accuracies, learning rate and time are
+        kept in ``net.history``.  Ctrl-C ends training cleanly; a NaN or
+        infinite cost (eta too large) stops it with a message.
+        """
         m = self.mini_batch_size
         if mini_batch_size != m:
             raise ValueError(
@@ -51,8 +69,11 @@ class Network:
                 f"built with mini_batch_size={m}; pass the same value (the "
                 "layers' shapes are fixed when the network is built)")
         _check_number("epochs", epochs, integer=True)
-        _check_number("eta", eta)
+        if not callable(eta):
+            _check_number("eta", eta)
         _check_number("lmbda", lmbda, allow_zero=True)
+        if early_stopping is not None:
+            _check_number("early_stopping", early_stopping, integer=True)
         if validation_data is None:
             raise ValueError(
                 "SGD: validation_data is required: the book selects the best "
@@ -68,9 +89,11 @@ class Network:
         num_validation_batches = n_valid // m
 
         # define functions to train a mini-batch, and to compute the
-        # accuracy in validation and test mini-batches.
+        # accuracy in validation and test mini-batches.  The learning rate is
+        # a shared variable, so a schedule changes it without recompiling.
+        self.eta = pytensor.shared(as_floatX(0.0), name="eta")
         train_mb = self.train_mb_function(
-            training_x, training_y, eta, lmbda, num_training_batches)
+            training_x, training_y, self.eta, lmbda, num_training_batches)
         i = pt.lscalar("i")  # mini-batch index
         batch = slice(i * m, (i + 1) * m)
         accuracy = self.layers[-1].accuracy(self.y)
@@ -89,17 +112,43 @@ class Network:
         best_validation_accuracy = 0.0
         best_iteration = None
         test_accuracy = None
+        best_params, best_epoch = None, 0
+        self.history = []
+        stop = None  # why training ended early, if it did
         for epoch in range(epochs):
+            eta_now = eta(epoch) if callable(eta) else eta
+            if eta_now is None:
+                stop = "the learning-rate schedule ended training"
+                break
+            _check_number("eta", eta_now)
+            self.eta.set_value(as_floatX(eta_now))
             start, total_cost = time.perf_counter(), 0.0
-            for minibatch_index in range(num_training_batches):
-                iteration = num_training_batches * epoch + minibatch_index
-                if iteration % 1000 == 0:
-                    print(f"Training mini-batch number {iteration}")
-                total_cost += float(train_mb(minibatch_index))
+            snapshot = self._get_params()
+            try:
+                for minibatch_index in _progress(
+                        range(num_training_batches), progress, epoch):
+                    iteration = num_training_batches * epoch + minibatch_index
+                    if iteration % 1000 == 0:
+                        print(f"Training mini-batch number {iteration}")
+                    cost_ij = float(train_mb(minibatch_index))
+                    if not np.isfinite(cost_ij):
+                        raise _Diverged(cost_ij, iteration)
+                    total_cost += cost_ij
+            except KeyboardInterrupt:
+                stop = (f"Training interrupted in epoch {epoch}; keeping the "
+                        "parameters of the best epoch so far.")
+            except _Diverged as err:
+                stop = (f"Training stopped: the cost became {err.cost} at "
+                        f"mini-batch {err.iteration} (eta = {eta_now} is "
+                        "probably too large; try a smaller eta).")
+            if stop:
+                print(stop)
+                self._set_params(best_params or snapshot)
+                break
             validation_accuracy = np.mean(
                 [validate_mb_accuracy(j) for j in range(num_validation_batches)])
             print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
-            record = {"epoch": epoch,
+            record = {"epoch": epoch, "eta": float(eta_now),
                       "training_cost": total_cost / num_training_batches,
                       "validation_accuracy": float(validation_accuracy),
                       "test_accuracy": None}
@@ -107,6 +156,8 @@ class Network:
                 print("This is the best validation accuracy to date.")
                 best_validation_accuracy = validation_accuracy
                 best_iteration = iteration
+                best_epoch = epoch
+                best_params = self._get_params()
                 if test_data is not None:
                     test_accuracy = np.mean(
                         [test_mb_accuracy(j) for j in range(num_test_batches)])
@@ -114,14 +165,26 @@ class Network:
                     print(f"The corresponding test accuracy is {test_accuracy:.2%}")
             record["seconds"] = time.perf_counter() - start
             self.history.append(record)
+            if early_stopping and epoch - best_epoch >= early_stopping:
+                print(f"Early stopping: no improvement in {early_stopping} epochs.")
+                break
+        if restore_best and best_params is not None:
+            self._set_params(best_params)
         print("Finished training network.")
         print(f"Best validation accuracy of {best_validation_accuracy:.2%} "
               f"obtained at iteration {best_iteration}")
-        if test_data is not None:
+        if test_data is not None and test_accuracy is not None:
             print(f"Corresponding test accuracy of {test_accuracy:.2%}")
         self.best_validation_accuracy = float(best_validation_accuracy)
         self.best_iteration = best_iteration
         self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+
+    def _get_params(self):
+        return [p.get_value() for p in self.params]  # copies
+
+    def _set_params(self, values):
+        for p, v in zip(self.params, values):
+            p.set_value(v)
 
     def train_mb_function(self, training_x, training_y, eta, lmbda,
                           num_training_batches):
@@ -134,7 +197,8 @@ class Network:
             cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
                 l2_norm_squared
         grads = pytensor.grad(cost, self.params)
-        updates = [(param, param - as_floatX(eta) * grad)
+        eta = eta if isinstance(eta, pytensor.graph.basic.Variable) else as_floatX(eta)
+        updates = [(param, param - eta * grad)
                    for param, grad in zip(self.params, grads)]
         i = pt.lscalar("i")  # mini-batch index
         m = self.mini_batch_size
@@ -233,6 +297,21 @@ class Network:
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Network([\n    {inner}],\n    mini_batch_size={self.mini_batch_size})"
+
+
+class _Diverged(Exception):
+    def __init__(self, cost, iteration):
+        self.cost, self.iteration = cost, iteration
+
+
+def _progress(batches, show, epoch):
+    if not show:
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+    return tqdm(batches, desc=f"epoch {epoch}", unit="mini-batch", leave=False)
 
 
 #### Checks

@@ -21,6 +21,7 @@ author intended (sqrt(1/n_in); He's sqrt(2/n_in) for ReLU layers).
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -176,7 +177,7 @@ def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
                   "best_validation_accuracy": net.best_validation_accuracy,
                   "best_iteration": net.best_iteration,
                   "test_accuracy": net.test_accuracy, "wall_seconds": wall,
-                  "machine": f"{platform.machine()}, {_cpus()} cores",
+                  "machine": machine(),
                   "date": datetime.now(UTC).isoformat(timespec="seconds"),
                   "command": " ".join(["python", "scripts/conv.py"] + sys.argv[1:])
                   if Path(sys.argv[0]).name == "conv.py" else None,
@@ -187,10 +188,19 @@ def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
     return nets
 
 
-def _cpus():
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+def machine():
+    """The CPU model and the cores this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count()
+    model = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {cpus} cores"
 
 
 #### The book's functions, for REPL use
