@@ -18,7 +18,10 @@ a seed (``network3.seed``) makes initialisation and masks repeatable.
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.traversal import ancestors
 from pytensor.tensor import sigmoid, tanh  # re-exported, as the book did  # noqa: F401
+from pytensor.tensor.random.op import RandomVariable
 
 from . import ops
 from .backend import as_floatX, floatX, get_rng
@@ -272,10 +275,26 @@ def dropout_layer(layer, p_dropout):
         return layer  # no mask at all: drawing one would cost 7x the step
     rng = pytensor.shared(
         np.random.default_rng(get_rng().integers(2**63)), name="dropout_rng")
-    next_rng, mask = pt.random.bernoulli(
-        1 - p_dropout, size=layer.shape, rng=rng).owner.outputs
-    rng.default_update = next_rng  # advance the stream on every call
+    # the mask's node also outputs the generator's next state; the training
+    # function stores it back into rng (see rng_updates), so every call
+    # draws a new mask
+    _, mask = pt.random.bernoulli(
+        1 - p_dropout, size=layer.shape, rng=rng, return_next_rng=True)
     return layer * pt.cast(mask, layer.dtype)
+
+
+def rng_updates(outputs):
+    """The ``(rng, next_rng)`` updates that advance every shared random
+    generator used by ``outputs`` (the dropout masks), for
+    ``pytensor.function(..., updates=...)``."""
+    updates = {}
+    for var in ancestors(outputs):
+        node = var.owner
+        if node is not None and isinstance(node.op, RandomVariable):
+            rng = node.op.rng_param(node)
+            if isinstance(rng, SharedVariable):
+                updates[rng] = node.outputs[0]
+    return list(updates.items())
 
 
 def _int_tuple(layer, name, value, length):

@@ -16,7 +16,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from .backend import as_floatX, floatX, function
-from .layers import ConvPoolLayer
+from .layers import ConvPoolLayer, rng_updates
 
 
 #### Main class used to construct and train networks
@@ -112,7 +112,7 @@ class Network:
         best_validation_accuracy = 0.0
         best_iteration = None
         test_accuracy = None
-        best_params, best_epoch = None, 0
+        best_params, improved_epoch = None, 0
         self.history = []
         stop = None  # why training ended early, if it did
         for epoch in range(epochs):
@@ -152,11 +152,12 @@ class Network:
                       "training_cost": total_cost / num_training_batches,
                       "validation_accuracy": float(validation_accuracy),
                       "test_accuracy": None}
+            if validation_accuracy > best_validation_accuracy or epoch == 0:
+                improved_epoch = epoch  # strictly better: early stopping's test
             if validation_accuracy >= best_validation_accuracy:
                 print("This is the best validation accuracy to date.")
                 best_validation_accuracy = validation_accuracy
                 best_iteration = iteration
-                best_epoch = epoch
                 best_params = self._get_params()
                 if test_data is not None:
                     test_accuracy = np.mean(
@@ -165,7 +166,7 @@ class Network:
                     print(f"The corresponding test accuracy is {test_accuracy:.2%}")
             record["seconds"] = time.perf_counter() - start
             self.history.append(record)
-            if early_stopping and epoch - best_epoch >= early_stopping:
+            if early_stopping and epoch - improved_epoch >= early_stopping:
                 print(f"Early stopping: no improvement in {early_stopping} epochs.")
                 break
         if restore_best and best_params is not None:
@@ -203,6 +204,7 @@ class Network:
         i = pt.lscalar("i")  # mini-batch index
         m = self.mini_batch_size
         batch = slice(i * m, (i + 1) * m)
+        updates += rng_updates([cost])  # new dropout masks every step
         return function(
             [i], cost, updates=updates,
             givens={self.x: training_x[batch], self.y: training_y[batch]})

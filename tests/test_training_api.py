@@ -1,0 +1,188 @@
+"""The opt-in training extras: schedules, early stopping, restore_best,
+history, interrupts, divergence, predict/accuracy, save/load."""
+
+import numpy as np
+import pytest
+
+import network3
+from network3 import FullyConnectedLayer, Network, SoftmaxLayer, linear, schedules
+
+
+def toy_data(n, rng, n_in=6):
+    """Linearly separable 3-class data: the label is the argmax of three
+    fixed projections."""
+    x = rng.normal(size=(n, n_in)).astype("float32")
+    y = (x @ np.arange(n_in * 3).reshape(n_in, 3) % 7).argmax(axis=1)
+    return x, y.astype("int32")
+
+
+@pytest.fixture
+def toy(rng):
+    return toy_data(400, rng), toy_data(100, rng), toy_data(100, rng)
+
+
+def small_net(activation_fn=network3.sigmoid, n_in=6):
+    return Network([FullyConnectedLayer(n_in=n_in, n_out=8,
+                                        activation_fn=activation_fn),
+                    SoftmaxLayer(n_in=8, n_out=3)], 10)
+
+
+def test_schedule_function_sets_eta_each_epoch(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 4, 10, schedules.step_decay(0.4, factor=0.5, every=2), toy[1])
+    assert [h["eta"] for h in net.history] == pytest.approx([0.4, 0.4, 0.2, 0.2])
+
+
+def test_schedule_returning_none_stops(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 10, 10, lambda epoch: 0.1 if epoch < 3 else None, toy[1])
+    assert len(net.history) == 3
+
+
+def test_exponential_decay():
+    f = schedules.exponential_decay(1.0, rate=0.5)
+    assert [f(e) for e in range(3)] == [1.0, 0.5, 0.25]
+
+
+def test_halve_on_plateau_halves_then_stops():
+    class FakeNet:
+        history = []
+    net = FakeNet()
+    schedule = schedules.HalveOnPlateau(net, eta=1.0, patience=2)
+    etas = []
+    for epoch in range(30):
+        eta = schedule(epoch)
+        if eta is None:
+            break
+        etas.append(eta)
+        # accuracy never improves after the first epoch
+        net.history.append({"validation_accuracy": 0.5})
+    # halved every 2 stalled epochs: 1, 1/2, ..., stopping at 1/128
+    assert etas[0] == 1.0 and min(etas) == 1 / 64
+    assert sorted(set(etas), reverse=True) == [2.0 ** -k for k in range(7)]
+
+
+def test_early_stopping_stops_after_patience(toy, capsys):
+    net = small_net()
+    # eta = tiny: the accuracy cannot improve after epoch 0 (equal is not
+    # an improvement for early stopping)
+    net.SGD(toy[0], 20, 10, 1e-12, toy[1], early_stopping=3)
+    assert len(net.history) == 4
+    assert "Early stopping: no improvement in 3 epochs." in capsys.readouterr().out
+
+
+def test_restore_best_restores_best_epoch_parameters(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 5, 10, 0.5, toy[1], restore_best=True)
+    best = max(range(5), key=lambda e: (net.history[e]["validation_accuracy"], e))
+    # the restored network scores the best epoch's validation accuracy
+    assert net.accuracy(toy[1]) == pytest.approx(
+        net.history[best]["validation_accuracy"])
+
+
+def test_history_records_each_epoch(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 3, 10, 0.5, toy[1], toy[2])
+    assert [h["epoch"] for h in net.history] == [0, 1, 2]
+    for h in net.history:
+        assert set(h) >= {"epoch", "eta", "training_cost", "validation_accuracy",
+                          "test_accuracy", "seconds"}
+        assert h["training_cost"] > 0 and h["seconds"] > 0
+
+
+def test_keyboard_interrupt_ends_cleanly_with_best_parameters(toy, monkeypatch,
+                                                              capsys):
+    compile_train = Network.train_mb_function
+    calls = {"n": 0}
+
+    def interrupted(self, *args):
+        train_mb = compile_train(self, *args)
+
+        def step(i):
+            calls["n"] += 1
+            if calls["n"] == 95:  # in epoch 2 of 40 mini-batches
+                raise KeyboardInterrupt
+            return train_mb(i)
+        return step
+    monkeypatch.setattr(Network, "train_mb_function", interrupted)
+    net = small_net()
+    net.SGD(toy[0], 10, 10, 0.5, toy[1], toy[2])
+    out = capsys.readouterr().out
+    assert "Training interrupted in epoch 2" in out
+    assert "Finished training network." in out
+    assert len(net.history) == 2
+    best = max(range(2), key=lambda e: (net.history[e]["validation_accuracy"], e))
+    assert net.accuracy(toy[1]) == pytest.approx(
+        net.history[best]["validation_accuracy"])
+
+
+def test_divergence_stops_with_message_and_finite_parameters(toy, capsys):
+    net = Network([FullyConnectedLayer(n_in=6, n_out=8, activation_fn=linear),
+                   FullyConnectedLayer(n_in=8, n_out=8, activation_fn=linear),
+                   SoftmaxLayer(n_in=8, n_out=3)], 10)
+    net.SGD(toy[0], 5, 10, 1e30, toy[1])
+    out = capsys.readouterr().out
+    assert "Training stopped: the cost became" in out
+    assert "try a smaller eta" in out
+    assert all(np.isfinite(p.get_value()).all() for p in net.params)
+
+
+def test_predict_any_count_matches_test_mb_predictions(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 2, 10, 0.5, toy[1], toy[2])
+    per_batch = np.concatenate([net.test_mb_predictions(i) for i in range(10)])
+    assert np.array_equal(net.predict(toy[2][0], batch_size=7), per_batch)
+    labels, probs = net.predict(toy[2][0][:13], probabilities=True)
+    assert probs.shape == (13, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(labels, per_batch[:13])
+    assert net.accuracy(toy[2]) == pytest.approx(np.mean(per_batch == toy[2][1]))
+
+
+def test_predict_rejects_wrong_image_size():
+    with pytest.raises(ValueError, match="takes 6 values per image"):
+        small_net().predict(np.zeros((3, 5)))
+
+
+def test_save_load_round_trip_gives_identical_predictions(toy, tmp_path, capsys):
+    net = Network([FullyConnectedLayer(n_in=6, n_out=8, activation_fn=network3.ReLU,
+                                       p_dropout=0.3),
+                   SoftmaxLayer(n_in=8, n_out=3, p_dropout=0.2)], 10)
+    net.SGD(toy[0], 2, 10, 0.3, toy[1])
+    net.save(tmp_path / "net.npz")
+    loaded = network3.load(tmp_path / "net.npz")
+    assert repr(loaded) == repr(net)
+    _, p1 = net.predict(toy[2][0], probabilities=True)
+    _, p2 = loaded.predict(toy[2][0], probabilities=True)
+    assert np.array_equal(p1, p2)
+
+
+def test_load_rejects_mismatched_shapes(tmp_path):
+    net = small_net()
+    net.save(tmp_path / "net.npz")
+    with np.load(tmp_path / "net.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["layer0_w"] = np.zeros((5, 8), dtype="float32")
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"layer0_w has shape \(5, 8\)"):
+        network3.load(tmp_path / "bad.npz")
+
+
+def test_load_rejects_missing_parameters_and_non_network_files(tmp_path):
+    np.savez(tmp_path / "x.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a saved network3 network"):
+        network3.load(tmp_path / "x.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a saved network3 network"):
+        network3.load(tmp_path / "junk.npz")
+
+
+def test_same_seed_gives_identical_history(toy, capsys):
+    histories = []
+    for _ in range(2):
+        network3.seed(7)
+        net = Network([FullyConnectedLayer(n_in=6, n_out=8, p_dropout=0.5),
+                       SoftmaxLayer(n_in=8, n_out=3)], 10)
+        net.SGD(toy[0], 2, 10, 0.5, toy[1])
+        histories.append([(h["training_cost"], h["validation_accuracy"])
+                          for h in net.history])
+    assert histories[0] == histories[1]
