@@ -18,7 +18,7 @@ SGD), ``data`` (MNIST), ``backend`` (float type, backend, random seed).
 Importing network3 changes no global PyTensor setting.
 """
 
-from . import backend, data, layers, ops, saving, schedules  # noqa: F401
+from . import augment, backend, data, ensemble, figures, layers, ops, saving, schedules  # noqa: F401
 from .backend import floatX, seed, set_backend, set_floatX  # noqa: F401
 from .data import load_data, load_data_shared, size  # noqa: F401
 from .layers import (  # noqa: F401

@@ -19,7 +19,6 @@ temporary name and renamed, so an interrupted build leaves no half file.
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import sys
@@ -285,9 +284,11 @@ def save_data(data, filename):
     temporary file renamed into place."""
     path = Path(filename)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    pickle.dump(tuple(tuple(pair) for pair in data), buffer, protocol=4)
-    atomic_write(path, gzip.compress(buffer.getvalue(), compresslevel=4))
+    tmp = path.with_name(path.name + ".part")
+    # streamed through gzip: no second in-memory copy of the arrays
+    with gzip.open(tmp, "wb", compresslevel=4) as f:
+        pickle.dump(tuple(tuple(pair) for pair in data), f, protocol=4)
+    os.replace(tmp, path)
 
 
 def atomic_write(path, payload):

@@ -58,6 +58,8 @@ def predict_all(nets_or_predictions, x, batch_size=500):
     taken as it is (and must hold N of them)."""
     x = _value(x)
     voters = nets_or_predictions
+    if hasattr(voters, "predict"):          # one network: a vote of one
+        voters = [voters]
     if isinstance(voters, np.ndarray) and voters.ndim == 2:
         voters = list(voters)
     if not len(voters):

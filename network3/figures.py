@@ -129,14 +129,15 @@ def plot_accuracy_curves(histories, labels, filename, title=None):
         epochs, accuracy = _series(history, "validation_accuracy")
         (line,) = ax.plot(epochs, 100 * accuracy, label=label, linewidth=1.5)
         if len(accuracy):
-            best = int(np.argmax(accuracy))
+            # the book's best epoch: the last one at the maximum (its >=)
+            best = len(accuracy) - 1 - int(np.argmax(accuracy[::-1]))
             ax.plot(epochs[best], 100 * accuracy[best], "o",
                     color=line.get_color())
     _epoch_axis(ax)
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title or "Validation accuracy per epoch (dot: best epoch)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _save(fig, filename)
 
 
