@@ -17,8 +17,10 @@ Backends (choose with ``network3.set_backend`` or the environment variable
 * ``"c"``: PyTensor's C virtual machine (needs a BLAS that PyTensor can link).
 """
 
+import contextlib
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytensor
@@ -114,4 +116,40 @@ def _mode(name):
 
 def function(inputs, outputs, **kwargs):
     """``pytensor.function`` compiled with network3's chosen backend."""
-    return pytensor.function(inputs, outputs, mode=_mode(backend()), **kwargs)
+    name = backend()
+    if name != "jax":
+        return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
+    with _quiet_jax():
+        return _Quiet(
+            pytensor.function(inputs, outputs, mode=_mode(name), **kwargs))
+
+
+# Warnings PyTensor's JAX backend gives for every network3 graph, none of
+# which changes the results: the dropout generators are copied into the JAX
+# graph; broadcasting checks are dropped while tracing; a float64 constant
+# inside JAX's own scatter (PyTensor runs JAX with 64-bit types enabled).
+_JAX_NOISE = ("The RandomType SharedVariables", "Skipping Assert",
+              "scatter inputs have incompatible types")
+
+
+@contextlib.contextmanager
+def _quiet_jax():
+    with warnings.catch_warnings():
+        for message in _JAX_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+class _Quiet:
+    """A compiled JAX function that hides the warnings above (JAX raises
+    the scatter one at every call of a graph it runs op by op)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with _quiet_jax():
+            return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)

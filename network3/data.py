@@ -118,8 +118,27 @@ def load_data_shared(filename=None):
 
 def size(data):
     "Return the size of the dataset `data`."
-    x = data[0]
-    return (x.get_value(borrow=True) if hasattr(x, "get_value") else x).shape[0]
+    return len(_values(data)[0])
+
+
+def subset(data, n):
+    """The first ``n`` examples of the ``(x, y)`` pair ``data``, as a new
+    pair of shared variables (for a quick run on part of the data)."""
+    x, y = _values(data)
+    return (pytensor.shared(np.asarray(x[:n], dtype=floatX()), borrow=True),
+            pytensor.shared(np.asarray(y[:n], dtype="int32"), borrow=True))
+
+
+def _values(data):
+    """numpy arrays of an (x, y) pair of shared variables, symbolic
+    expressions (the book's ``T.cast(shared_y, "int32")``) or arrays."""
+    def value(v):
+        if hasattr(v, "get_value"):
+            return v.get_value(borrow=True)
+        if isinstance(v, pytensor.graph.basic.Variable):
+            return v.eval()
+        return np.asarray(v)
+    return value(data[0]), value(data[1])
 
 
 def zlib_error():

@@ -95,7 +95,7 @@ class Network:
         train_mb = self.train_mb_function(
             training_x, training_y, self.eta, lmbda, num_training_batches)
         i = pt.lscalar("i")  # mini-batch index
-        batch = slice(i * m, (i + 1) * m)
+        batch = minibatch(i, m)
         accuracy = self.layers[-1].accuracy(self.y)
         validate_mb_accuracy = function(
             [i], accuracy,
@@ -203,7 +203,7 @@ class Network:
                    for param, grad in zip(self.params, grads)]
         i = pt.lscalar("i")  # mini-batch index
         m = self.mini_batch_size
-        batch = slice(i * m, (i + 1) * m)
+        batch = minibatch(i, m)
         updates += rng_updates([cost])  # new dropout masks every step
         return function(
             [i], cost, updates=updates,
@@ -299,6 +299,14 @@ class Network:
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Network([\n    {inner}],\n    mini_batch_size={self.mini_batch_size})"
+
+
+def minibatch(i, m):
+    """The rows of mini-batch ``i``: ``i*m, ..., (i+1)*m - 1``, the book's
+    slice ``[i*m:(i+1)*m]``, written as an index vector of static length
+    ``m`` (the JAX backend cannot compile a slice whose bounds are
+    symbolic)."""
+    return i * m + pt.arange(m)
 
 
 class _Diverged(Exception):

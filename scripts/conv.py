@@ -144,7 +144,7 @@ def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
     lmbda = book_lmbda if lmbda is None else lmbda
     training_data, validation_data, test_data = data or load(data_name)
     if train_size:
-        training_data = tuple(v[:train_size] for v in training_data)
+        training_data = network3.data.subset(training_data, train_size)
     out = Path(out) if out else ROOT / "results" / f"{experiment}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     nets = []
@@ -179,8 +179,7 @@ def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
                   "test_accuracy": net.test_accuracy, "wall_seconds": wall,
                   "machine": machine(),
                   "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                  "command": " ".join(["python", "scripts/conv.py"] + sys.argv[1:])
-                  if Path(sys.argv[0]).name == "conv.py" else None,
+                  "command": _command(),
                   "saved": saved}
         with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -243,13 +242,51 @@ def double_fc_dropout(runs=3, epochs=40):
     return run("double_fc_dropout", runs=runs, epochs=epochs)
 
 
+def ensemble(runs=5, epochs=40, seed=0, train_size=None, data=None, out=None,
+             init="book"):
+    """The book's last experiment: train ``runs`` double_fc_dropout nets
+    (recorded as experiment "ensemble") and let them vote on the test set.
+    The vote is recorded in results/ensemble_vote.jsonl with the indices of
+    the misclassified test images.  Returns (nets, EnsembleResult)."""
+    from network3.ensemble import ensemble_accuracy
+    start = time.perf_counter()
+    nets = run("ensemble", runs=runs, epochs=epochs, seed=seed, init=init,
+               train_size=train_size, data=data, out=out)
+    test_data = (data or load(EXPERIMENTS["ensemble"][0]))[2]
+    result = ensemble_accuracy(nets, test_data)
+    print(f"Ensemble of {runs} nets: test accuracy {result.accuracy:.2%} "
+          f"({len(result.misclassified)} errors)")
+    out = Path(out) if out else ROOT / "results" / "ensemble.jsonl"
+    members = [json.loads(line) for line in out.read_text().splitlines()[-runs:]]
+    record = {"experiment": "ensemble_vote", "run": 0, "seed": seed,
+              "config": dict(members[0]["config"], runs=runs),
+              "members": [m["saved"] for m in members],
+              "member_test_accuracies": [m["test_accuracy"] for m in members],
+              "test_accuracy": result.accuracy,
+              "errors": len(result.misclassified),
+              "misclassified": result.misclassified.tolist(),
+              "wall_seconds": time.perf_counter() - start, "machine": machine(),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "command": _command()}
+    with open(out.with_name(out.stem + "_vote.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return nets, result
+
+
+def _command():
+    if Path(sys.argv[0]).name != "conv.py":
+        return None  # called from the REPL or a test
+    return " ".join(["python", "scripts/conv.py"] + sys.argv[1:])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Run an experiment of chapter 6 with the book's settings.")
     parser.add_argument("experiment", choices=list(EXPERIMENTS))
     parser.add_argument("--epochs", type=int, help="default: the book's")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="independent runs, seeds seed..seed+runs-1 (book: 3)")
+    parser.add_argument("--runs", type=int,
+                        help="independent runs, seeds seed..seed+runs-1 (book: 3; "
+                        "ensemble: the number of voting nets, book 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eta", type=float, help="default: the book's")
     parser.add_argument("--lmbda", type=float, help="default: the book's")
@@ -263,7 +300,11 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true",
                         help="do not save the trained networks")
     args = parser.parse_args(argv)
-    runs = run(args.experiment, runs=args.runs, epochs=args.epochs, eta=args.eta,
+    if args.experiment == "ensemble":
+        ensemble(runs=args.runs or 5, epochs=args.epochs or 40, seed=args.seed,
+                 train_size=args.train_size, out=args.out, init=args.init)
+        return
+    runs = run(args.experiment, runs=args.runs or 1, epochs=args.epochs, eta=args.eta,
                lmbda=args.lmbda, seed=args.seed, init=args.init, n=args.n,
                train_size=args.train_size, out=args.out, save=not args.no_save)
     accs = [net.test_accuracy for net in runs]
