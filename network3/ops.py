@@ -33,6 +33,9 @@ def conv2d(x, w, image_shape, filter_shape):
     batch, channels, h, wd = image_shape
     n_filters, w_channels, fh, fw = filter_shape
     oh, ow = h - fh + 1, wd - fw + 1
+    # static shapes let every reshape (and its gradient) compile on JAX
+    x = pt.specify_shape(x, image_shape)
+    w = pt.specify_shape(w, filter_shape)
     # im2col: one shifted view of the image per kernel position.  The
     # positions are taken in reverse order: pairing view (u, v) with kernel
     # entry (fh-1-u, fw-1-v) is the kernel flip, done without a negative-step
@@ -58,6 +61,7 @@ def max_pool_2d(x, input_shape, poolsize):
     batch, channels, h, wd = input_shape
     ph, pw = poolsize
     oh, ow = h // ph, wd // pw
+    x = pt.specify_shape(x, input_shape)
     x = x[:, :, :oh * ph, :ow * pw]               # crop the incomplete windows
     windows = x.reshape((batch, channels, oh, ph, ow, pw))
     return windows.max(axis=(3, 5))               # (B, C, oh, ow)
@@ -69,6 +73,6 @@ def l2_pool_2d(x, input_shape, poolsize):
     batch, channels, h, wd = input_shape
     ph, pw = poolsize
     oh, ow = h // ph, wd // pw
-    x = x[:, :, :oh * ph, :ow * pw]
+    x = pt.specify_shape(x, input_shape)[:, :, :oh * ph, :ow * pw]
     windows = x.reshape((batch, channels, oh, ph, ow, pw))
     return pt.sqrt((windows ** 2).sum(axis=(3, 5)))

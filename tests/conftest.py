@@ -7,13 +7,23 @@ message saying what to do; they never skip silently.
 """
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
+# One BLAS thread (before numpy and scipy load their OpenBLAS).  Measured on
+# this project's 2-core machines with another process busy: a basic_conv
+# training step took 130 ms with OpenBLAS's default thread pool, whose
+# threads spin against the other process, and 6 ms with one thread.  The
+# matrices of a mini-batch of 10 are too small to gain from threads.  CI
+# may override these.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
-import network3
-from network3 import data as n3data
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import network3  # noqa: E402
+from network3 import data as n3data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +65,19 @@ def _seeded():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_idx_dir():
+    """The folder of the four original MNIST files (IDX, gzip):
+    $NETWORK3_MNIST_DIR, else ../shared/data/mnist beside the checkout.
+    Fails (never skips) when they are not there."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    idx_dir = Path(os.environ.get("NETWORK3_MNIST_DIR") or default)
+    missing = [name for name in n3data.MNIST_FILES
+               if not (idx_dir / (name + ".gz")).exists()]
+    if missing:
+        pytest.fail(f"MNIST IDX files {missing} are not in {idx_dir}; set "
+                    "NETWORK3_MNIST_DIR to the folder holding the four "
+                    "*-ubyte.gz files.")
+    return idx_dir
