@@ -22,8 +22,10 @@ from . import augment, backend, data, ensemble, figures, layers, ops, saving, sc
 from .backend import floatX, seed, set_backend, set_floatX  # noqa: F401
 from .data import load_data, load_data_shared, size  # noqa: F401
 from .layers import (  # noqa: F401
+    ConvLayer,
     ConvPoolLayer,
     FullyConnectedLayer,
+    PoolLayer,
     ReLU,
     SoftmaxLayer,
     dropout_layer,

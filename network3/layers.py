@@ -184,6 +184,131 @@ class ConvPoolLayer:
                 f"activation_fn={_fn_name(self.activation_fn)})")
 
 
+class ConvLayer:
+    """A convolutional layer on its own (the chapter: "it is easy to modify
+    network3.py so the layers can be specified separately"):
+    ``activation_fn(conv(inpt, w) + b)``.  ``ConvLayer(..., activation_fn=linear)``
+    followed by ``PoolLayer(..., activation_fn=f)`` computes exactly what
+    ``ConvPoolLayer(..., activation_fn=f)`` does.
+
+    ``padding`` = (rows, columns) of zeros added on each side of the image;
+    ``stride`` = (sy, sx) keeps every sy-th row and sx-th column of the
+    convolution's output (computed in full: simple, not fast).
+    """
+
+    def __init__(self, filter_shape, image_shape, activation_fn=linear,
+                 stride=(1, 1), padding=(0, 0), init="book"):
+        name = "ConvLayer"
+        filter_shape, image_shape, stride = (
+            _int_tuple(name, "filter_shape", filter_shape, 4),
+            _int_tuple(name, "image_shape", image_shape, 4),
+            _int_tuple(name, "stride", stride, 2))
+        padding = tuple(padding)
+        if len(padding) != 2 or any(
+                not isinstance(p, (int, np.integer)) or p < 0 for p in padding):
+            raise ValueError(
+                f"{name}: padding must be two non-negative integers, got {padding!r}")
+        n_filters, channels, fh, fw = filter_shape
+        _, image_channels, h, w = image_shape
+        if channels != image_channels:
+            raise ValueError(
+                f"{name}: filter_shape {filter_shape} expects {channels} input "
+                f"feature maps but image_shape {image_shape} has {image_channels}")
+        if fh > h + 2 * padding[0] or fw > w + 2 * padding[1]:
+            raise ValueError(
+                f"{name}: filter {fh}x{fw} is larger than the padded "
+                f"{h + 2 * padding[0]}x{w + 2 * padding[1]} image")
+        _check_activation(name, activation_fn)
+        self.filter_shape, self.image_shape = filter_shape, image_shape
+        self.stride, self.padding = stride, (int(padding[0]), int(padding[1]))
+        self.activation_fn = activation_fn
+        n_in, n_out = channels * fh * fw, n_filters * fh * fw
+        self.w = _shared(init_weights(filter_shape, n_in, n_out, init), "w")
+        self.b = _shared(get_rng().normal(0.0, 1.0, size=(n_filters,)), "b")
+        self.params = [self.w, self.b]
+
+    @property
+    def output_shape(self):
+        n_filters, _, fh, fw = self.filter_shape
+        _, _, h, w = self.image_shape
+        (py, px), (sy, sx) = self.padding, self.stride
+        return (n_filters, (h + 2 * py - fh) // sy + 1, (w + 2 * px - fw) // sx + 1)
+
+    input_size = property(lambda self: int(np.prod(self.image_shape[1:])))
+    output_size = property(lambda self: int(np.prod(self.output_shape)))
+
+    def output_for(self, inpt, batch_size):
+        _, channels, h, w = self.image_shape
+        (py, px), (sy, sx) = self.padding, self.stride
+        x = inpt.reshape((batch_size, channels, h, w))
+        if py or px:  # zeros around the image
+            padded = pt.zeros((batch_size, channels, h + 2 * py, w + 2 * px),
+                              dtype=x.dtype)
+            x = pt.set_subtensor(padded[:, :, py:py + h, px:px + w], x)
+        shape = (batch_size, channels, h + 2 * py, w + 2 * px)
+        conv_out = ops.conv2d(x, self.w, shape, self.filter_shape)
+        if (sy, sx) != (1, 1):
+            conv_out = conv_out[:, :, ::sy, ::sx]
+        return self.activation_fn(conv_out + self.b.dimshuffle("x", 0, "x", "x"))
+
+    def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
+        self.inpt = inpt.reshape((mini_batch_size,) + self.image_shape[1:])
+        self.output = self.output_for(inpt, mini_batch_size)
+        self.output_dropout = self.output  # no dropout in convolutional layers
+
+    def __repr__(self):
+        return (f"ConvLayer(filter_shape={self.filter_shape}, image_shape="
+                f"{self.image_shape}, activation_fn={_fn_name(self.activation_fn)}, "
+                f"stride={self.stride}, padding={self.padding})")
+
+
+class PoolLayer:
+    """Non-overlapping pooling of (batch, maps, h, w) inputs, the border
+    ignored, then ``activation_fn``: ``mode="max"`` (the book's) or
+    ``mode="l2"`` (the square root of each window's sum of squares, which
+    the chapter mentions).  It has no parameters."""
+
+    def __init__(self, input_shape, poolsize=(2, 2), mode="max",
+                 activation_fn=linear):
+        name = "PoolLayer"
+        input_shape = _int_tuple(name, "input_shape", input_shape, 4)
+        poolsize = _int_tuple(name, "poolsize", poolsize, 2)
+        if poolsize[0] > input_shape[2] or poolsize[1] > input_shape[3]:
+            raise ValueError(
+                f"{name}: poolsize {poolsize} is larger than the "
+                f"{input_shape[2]}x{input_shape[3]} feature maps")
+        if mode not in ("max", "l2"):
+            raise ValueError(f"{name}: mode must be 'max' or 'l2', got {mode!r}")
+        _check_activation(name, activation_fn)
+        self.input_shape, self.poolsize, self.mode = input_shape, poolsize, mode
+        self.image_shape = input_shape  # the Network's batch-size check reads it
+        self.activation_fn = activation_fn
+        self.params = []
+
+    @property
+    def output_shape(self):
+        _, maps, h, w = self.input_shape
+        return (maps, h // self.poolsize[0], w // self.poolsize[1])
+
+    input_size = property(lambda self: int(np.prod(self.input_shape[1:])))
+    output_size = property(lambda self: int(np.prod(self.output_shape)))
+
+    def output_for(self, inpt, batch_size):
+        shape = (batch_size,) + self.input_shape[1:]
+        pool = ops.max_pool_2d if self.mode == "max" else ops.l2_pool_2d
+        return self.activation_fn(pool(inpt.reshape(shape), shape, self.poolsize))
+
+    def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
+        self.inpt = inpt.reshape((mini_batch_size,) + self.input_shape[1:])
+        self.output = self.output_for(inpt, mini_batch_size)
+        self.output_dropout = self.output
+
+    def __repr__(self):
+        return (f"PoolLayer(input_shape={self.input_shape}, poolsize="
+                f"{self.poolsize}, mode={self.mode!r}, "
+                f"activation_fn={_fn_name(self.activation_fn)})")
+
+
 class FullyConnectedLayer:
     """A dense layer: ``activation_fn(dot(inpt, w) + b)``, with optional
     (non-inverted) dropout on its input during training."""

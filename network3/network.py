@@ -16,7 +16,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from .backend import as_floatX, floatX, function
-from .layers import ConvPoolLayer, rng_updates
+from .layers import rng_updates
 
 
 #### Main class used to construct and train networks
@@ -194,7 +194,8 @@ class Network:
         # define the (regularized) cost function, symbolic gradients, and updates
         cost = self.layers[-1].cost(self)
         if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
-            l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers)
+            l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers
+                                  if hasattr(layer, "w"))
             cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
                 l2_norm_squared
         grads = pytensor.grad(cost, self.params)
@@ -342,7 +343,7 @@ def _check_architecture(layers, mini_batch_size):
             raise TypeError(
                 f"Network: layer {index} is {layer!r}, not a network3 layer "
                 "(ConvPoolLayer, FullyConnectedLayer or SoftmaxLayer)")
-        if isinstance(layer, ConvPoolLayer) and \
+        if hasattr(layer, "image_shape") and \
                 layer.image_shape[0] != mini_batch_size:
             raise ValueError(
                 f"Network: {_layer_name(index, layer)} has image_shape "
@@ -352,12 +353,12 @@ def _check_architecture(layers, mini_batch_size):
     for index in range(1, len(layers)):
         prev, layer = layers[index - 1], layers[index]
         if prev.output_size != layer.input_size:
-            if isinstance(prev, ConvPoolLayer):
+            if hasattr(prev, "output_shape"):
                 f, h, w = prev.output_shape
                 got = f"{f}*{h}*{w} = {prev.output_size} ({f} feature maps of {h}x{w})"
             else:
                 got = str(prev.output_size)
-            if isinstance(layer, ConvPoolLayer):
+            if hasattr(layer, "image_shape"):
                 fix = f"make image_shape[1:] multiply to {prev.output_size}"
             else:
                 fix = f"use n_in={prev.output_size}"

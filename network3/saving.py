@@ -15,8 +15,10 @@ import numpy as np
 from .backend import as_floatX
 from .data import atomic_write
 from .layers import (
+    ConvLayer,
     ConvPoolLayer,
     FullyConnectedLayer,
+    PoolLayer,
     ReLU,
     SoftmaxLayer,
     linear,
@@ -34,6 +36,15 @@ def describe(layer):
         return {"type": "ConvPoolLayer", "filter_shape": list(layer.filter_shape),
                 "image_shape": list(layer.image_shape),
                 "poolsize": list(layer.poolsize),
+                "activation_fn": _activation_name(layer.activation_fn)}
+    if isinstance(layer, ConvLayer):
+        return {"type": "ConvLayer", "filter_shape": list(layer.filter_shape),
+                "image_shape": list(layer.image_shape), "stride": list(layer.stride),
+                "padding": list(layer.padding),
+                "activation_fn": _activation_name(layer.activation_fn)}
+    if isinstance(layer, PoolLayer):
+        return {"type": "PoolLayer", "input_shape": list(layer.input_shape),
+                "poolsize": list(layer.poolsize), "mode": layer.mode,
                 "activation_fn": _activation_name(layer.activation_fn)}
     if isinstance(layer, SoftmaxLayer):
         return {"type": "SoftmaxLayer", "n_in": layer.n_in, "n_out": layer.n_out,
@@ -82,7 +93,8 @@ def load(filename, activations=None):
                     f"load(..., activations={{{name!r}: function}})")
             d["activation_fn"] = known[name]
         cls = {"ConvPoolLayer": ConvPoolLayer, "SoftmaxLayer": SoftmaxLayer,
-               "FullyConnectedLayer": FullyConnectedLayer}.get(kind)
+               "FullyConnectedLayer": FullyConnectedLayer, "ConvLayer": ConvLayer,
+               "PoolLayer": PoolLayer}.get(kind)
         if cls is None:
             raise ValueError(f"{filename}: layer {i} has unknown type {kind!r}")
         layers.append(cls(**d))
