@@ -15,7 +15,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from .backend import as_floatX, floatX, function
+from .backend import as_floatX, floatX, function, get_rng
 from .layers import rng_updates
 
 
@@ -43,7 +43,8 @@ class Network:
 
     def SGD(self, training_data, epochs, mini_batch_size, eta,
             validation_data=None, test_data=None, lmbda=0.0, *,
-            early_stopping=None, restore_best=False, progress=False):
+            early_stopping=None, restore_best=False, progress=False,
+            shuffle=False, augment=None):
         """Train the network using mini-batch stochastic gradient descent.
 
         The book's arguments behave and print exactly as in the book.  The
@@ -57,6 +58,12 @@ class Network:
         * ``restore_best=True``: end with the parameters of the best
           validation epoch (always done after an interrupt or divergence).
         * ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
+        * ``shuffle=True``: a new random order of the training data each
+          epoch (the book keeps one fixed order).
+        * ``augment=f``: at the start of each epoch the training images
+          become ``f(images, rng)``, e.g. ``network3.augment.Augment()``'s
+          random translations, rotations, skews and elastic distortions;
+          only one transformed copy is ever in memory.
 
         Each epoch's training cost, accuracies, learning rate and time are
         kept in ``net.history``.  Ctrl-C ends training cleanly; a NaN or
@@ -83,6 +90,14 @@ class Network:
             validation_data, "validation_data")
         if test_data is not None:
             test_x, test_y, n_test = self._data(test_data, "test_data")
+
+        if shuffle or augment is not None:
+            # a private copy of the training set, rewritten every epoch
+            original_x, original_y = _value(training_x), _value(training_y)
+            training_x = pytensor.shared(original_x.copy(), name="training_x")
+            training_y = pytensor.shared(
+                np.asarray(original_y, dtype="int32"), name="training_y")
+            data_rng = np.random.default_rng(get_rng().integers(2**63))
 
         # compute number of mini-batches for training, validation and testing
         num_training_batches = n_train // m
@@ -123,6 +138,13 @@ class Network:
             _check_number("eta", eta_now)
             self.eta.set_value(as_floatX(eta_now))
             start, total_cost = time.perf_counter(), 0.0
+            if shuffle or augment is not None:
+                order = data_rng.permutation(n_train) if shuffle else slice(None)
+                x_epoch = original_x[order]
+                if augment is not None:
+                    x_epoch = np.asarray(augment(x_epoch, data_rng), dtype=floatX())
+                training_x.set_value(x_epoch, borrow=True)
+                training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
             snapshot = self._get_params()
             try:
                 for minibatch_index in _progress(

@@ -186,3 +186,45 @@ def test_same_seed_gives_identical_history(toy, capsys):
         histories.append([(h["training_cost"], h["validation_accuracy"])
                           for h in net.history])
     assert histories[0] == histories[1]
+
+
+def test_shuffle_changes_order_each_epoch_but_not_the_data(toy, capsys, monkeypatch):
+    seen = []
+    net = small_net()
+    original = type(net.layers[0].w).set_value
+
+    def spy(self, value, borrow=False):
+        if self.name == "training_y":
+            seen.append(np.array(value))
+        return original(self, value, borrow=borrow)
+    monkeypatch.setattr(type(net.layers[0].w), "set_value", spy)
+    net.SGD(toy[0], 3, 10, 0.1, toy[1], shuffle=True)
+    assert len(seen) == 3
+    assert not np.array_equal(seen[0], seen[1])
+    for labels in seen:  # a permutation of the same labels
+        assert np.array_equal(np.sort(labels), np.sort(toy[0][1]))
+
+
+def test_augment_is_called_each_epoch_on_the_original_images(toy, capsys):
+    calls = []
+
+    def augment(x, rng):
+        calls.append(x.copy())
+        return x + np.float32(1)  # an obvious change
+    net = small_net()
+    net.SGD(toy[0], 3, 10, 0.1, toy[1], augment=augment)
+    assert len(calls) == 3
+    for x in calls:  # always the untouched originals, in the book's order
+        np.testing.assert_array_equal(x, toy[0][0])
+
+
+def test_same_seed_same_history_with_shuffle_and_augment(toy, capsys):
+    def jitter(x, rng):
+        return x + rng.normal(scale=0.1, size=x.shape).astype(x.dtype)
+    histories = []
+    for _ in range(2):
+        network3.seed(11)
+        net = small_net()
+        net.SGD(toy[0], 2, 10, 0.3, toy[1], shuffle=True, augment=jitter)
+        histories.append([h["training_cost"] for h in net.history])
+    assert histories[0] == histories[1]
