@@ -44,7 +44,7 @@ class Network:
     def SGD(self, training_data, epochs, mini_batch_size, eta,
             validation_data=None, test_data=None, lmbda=0.0, *,
             early_stopping=None, restore_best=False, progress=False,
-            shuffle=False, augment=None):
+            shuffle=False, augment=None, momentum=0.0):
         """Train the network using mini-batch stochastic gradient descent.
 
         The book's arguments behave and print exactly as in the book.  The
@@ -58,6 +58,8 @@ class Network:
         * ``restore_best=True``: end with the parameters of the best
           validation epoch (always done after an interrupt or divergence).
         * ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
+        * ``momentum=mu``: momentum-based gradient descent (chapter 3):
+          ``v = mu * v - eta * grad; param = param + v``.
         * ``shuffle=True``: a new random order of the training data each
           epoch (the book keeps one fixed order).
         * ``augment=f``: at the start of each epoch the training images
@@ -79,6 +81,8 @@ class Network:
         if not callable(eta):
             _check_number("eta", eta)
         _check_number("lmbda", lmbda, allow_zero=True)
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
         if early_stopping is not None:
             _check_number("early_stopping", early_stopping, integer=True)
         if validation_data is None:
@@ -108,7 +112,7 @@ class Network:
         # a shared variable, so a schedule changes it without recompiling.
         self.eta = pytensor.shared(as_floatX(0.0), name="eta")
         train_mb = self.train_mb_function(
-            training_x, training_y, self.eta, lmbda, num_training_batches)
+            training_x, training_y, self.eta, lmbda, num_training_batches, momentum)
         i = pt.lscalar("i")  # mini-batch index
         batch = minibatch(i, m)
         accuracy = self.layers[-1].accuracy(self.y)
@@ -210,7 +214,7 @@ class Network:
             p.set_value(v)
 
     def train_mb_function(self, training_x, training_y, eta, lmbda,
-                          num_training_batches):
+                          num_training_batches, momentum=0.0):
         """Compile ``train_mb(i)``: one SGD step on mini-batch ``i`` of the
         shared training data; returns the mini-batch's cost."""
         # define the (regularized) cost function, symbolic gradients, and updates
@@ -222,8 +226,11 @@ class Network:
                 l2_norm_squared
         grads = pytensor.grad(cost, self.params)
         eta = eta if isinstance(eta, pytensor.graph.basic.Variable) else as_floatX(eta)
-        updates = [(param, param - eta * grad)
-                   for param, grad in zip(self.params, grads)]
+        if momentum:
+            updates = momentum_updates(self.params, grads, eta, momentum)
+        else:  # the book's plain gradient step
+            updates = [(param, param - eta * grad)
+                       for param, grad in zip(self.params, grads)]
         i = pt.lscalar("i")  # mini-batch index
         m = self.mini_batch_size
         batch = minibatch(i, m)
@@ -322,6 +329,17 @@ class Network:
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Network([\n    {inner}],\n    mini_batch_size={self.mini_batch_size})"
+
+
+def momentum_updates(params, grads, eta, momentum):
+    """Chapter 3's momentum: each parameter gets a velocity ``v`` (starting
+    at zero); ``v = momentum * v - eta * grad``, ``param = param + v``."""
+    updates = []
+    for param, grad in zip(params, grads):
+        v = pytensor.shared(np.zeros_like(param.get_value()), name=f"v_{param.name}")
+        v_new = as_floatX(momentum) * v - eta * grad
+        updates += [(v, v_new), (param, param + v_new)]
+    return updates
 
 
 def minibatch(i, m):

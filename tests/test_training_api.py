@@ -228,3 +228,35 @@ def test_same_seed_same_history_with_shuffle_and_augment(toy, capsys):
         net.SGD(toy[0], 2, 10, 0.3, toy[1], shuffle=True, augment=jitter)
         histories.append([h["training_cost"] for h in net.history])
     assert histories[0] == histories[1]
+
+
+def test_momentum_update_matches_numpy(capsys):
+    """Two steps of momentum SGD on a linear softmax layer, against numpy."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20, 4)).astype("float32")
+    y = rng.integers(0, 3, 20).astype("int32")
+    net = Network([SoftmaxLayer(n_in=4, n_out=3)], 10)
+    w0 = rng.normal(size=(4, 3)).astype("float32")
+    net.layers[0].w.set_value(w0)
+    import pytensor
+    train_mb = net.train_mb_function(pytensor.shared(x), pytensor.shared(y), 0.5, 0.0,
+                                     2, momentum=0.9)
+    train_mb(0)
+    train_mb(1)
+    w, b, v_w, v_b = w0.astype("float64"), np.zeros(3), 0.0, 0.0
+    for i in range(2):
+        xb, yb = x[i * 10:(i + 1) * 10], y[i * 10:(i + 1) * 10]
+        z = xb @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(10), yb] -= 1
+        gw, gb = xb.T @ p / 10, p.mean(0)
+        v_w, v_b = 0.9 * v_w - 0.5 * gw, 0.9 * v_b - 0.5 * gb
+        w, b = w + v_w, b + v_b
+    np.testing.assert_allclose(net.layers[0].w.get_value(), w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(net.layers[0].b.get_value(), b, rtol=1e-4, atol=1e-5)
+
+
+def test_momentum_must_be_in_range(toy):
+    with pytest.raises(ValueError, match="momentum must be in"):
+        small_net().SGD(toy[0], 1, 10, 0.1, toy[1], momentum=1.5)
