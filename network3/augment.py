@@ -1,4 +1,6 @@
-"""augment.py: the book's expanded training set, as ``expand_mnist.py`` made it.
+"""augment.py: more training data from the training data, two ways.
+
+1. The book's expanded training set, as ``expand_mnist.py`` made it.
 
 Each training image is kept and joined by four copies displaced by one
 pixel, down, up, right and left, with zeros shifted in along the edge the
@@ -14,6 +16,33 @@ every copy is written straight into its shuffled place, so the expanded set
 costs one output array (784 MB as float32 for MNIST) plus one shifted block.
 The shuffle is seeded, so the file is repeatable; the book's
 ``random.shuffle`` was not.
+
+2. Random distortions drawn afresh every epoch (the chapter's problem).
+
+"Earlier in the chapter I described a technique for expanding the training
+data by applying (small) rotations, skewing, and translation.  Modify
+network3.py to incorporate all these techniques.  Note: Unless you have a
+tremendous amount of memory, it is not practical to explicitly generate the
+entire expanded data set."  So nothing is stored: ``Augment()`` is handed
+to ``Network.SGD(..., augment=Augment())``, which at the start of each
+epoch replaces the training images by ``augment(original_images, rng)``,
+one new random distortion of each, and trains on those with the same
+compiled step.  Besides the book's three it offers the elastic distortions
+of Simard, Steinkraus and Platt, "Best practices for convolutional neural
+networks applied to visual document analysis" (ICDAR 2003), whose section 2
+is the source of the book's remark: a random displacement field per image,
+each component uniform in [-1, 1], smoothed by a Gaussian of standard
+deviation sigma and scaled by alpha, the image resampled by bilinear
+interpolation.
+
+The transforms ``translate``, ``rotate``, ``skew`` and ``elastic`` work on
+a whole batch (N, 784) or (N, 28, 28) at once, with no loop over images:
+each computes, for every output pixel, the point of the input it comes from
+(a (3, N, H, W) coordinate array: image, row, column) and reads it with one
+``scipy.ndimage.map_coordinates`` call (bilinear, zero outside the image).
+Rotation and skew are about the image centre.  ``Augment`` composes all
+four into one such read per image, so an image is interpolated (and
+blurred) once, not four times.
 """
 
 import numpy as np
@@ -88,3 +117,244 @@ def _as_square(images, caller):
             f"{caller}: images must be (N, side*side) or (N, side, side), "
             f"got shape {images.shape}")
     return images.reshape(len(images), side, side)
+
+
+#### Random distortions, drawn every epoch
+# Images are read CHUNK at a time, so the coordinate array (3, CHUNK, 28,
+# 28) float32 (94 MB) and the elastic fields (2 * CHUNK, 28, 28) float32
+# (63 MB) stay bounded however many images there are; the output is the only
+# full-size array.  The result does not depend on the chunk size.
+CHUNK = 10_000
+
+
+def translate(images, dy, dx):
+    """``images`` (N, 784) or (N, 28, 28) moved ``dy`` pixels down and
+    ``dx`` pixels right (negative: up, left); ``dy`` and ``dx`` are numbers
+    or one per image, and may be fractional (bilinear interpolation).
+    Zeros come in from the edges.  Returns a new array, same shape and
+    dtype."""
+    square = _as_square(np.asarray(images), "translate")
+    n = len(square)
+    shift = np.stack([_per_image(dy, n, "translate", "dy"),
+                      _per_image(dx, n, "translate", "dx")], axis=1)
+    return _warp(square, _identity(n), shift).reshape(np.shape(images))
+
+
+def rotate(images, degrees):
+    """``images`` (N, 784) or (N, 28, 28) rotated anticlockwise by
+    ``degrees`` (a number or one per image) about the image centre, as
+    ``np.rot90`` turns by 90.  Returns a new array, same shape and dtype."""
+    square = _as_square(np.asarray(images), "rotate")
+    n = len(square)
+    matrix = _source_matrix(_per_image(degrees, n, "rotate", "degrees"),
+                            np.zeros(n))
+    return _warp(square, matrix, np.zeros((n, 2))).reshape(np.shape(images))
+
+
+def skew(images, factor):
+    """``images`` (N, 784) or (N, 28, 28) sheared horizontally about the
+    image centre: a pixel ``d`` rows above the centre moves ``factor * d``
+    to the right (below: to the left), so a positive factor slants an
+    upright stroke like italic type.  ``factor`` is a number or one per
+    image.  Returns a new array, same shape and dtype."""
+    square = _as_square(np.asarray(images), "skew")
+    n = len(square)
+    matrix = _source_matrix(np.zeros(n), _per_image(factor, n, "skew", "factor"))
+    return _warp(square, matrix, np.zeros((n, 2))).reshape(np.shape(images))
+
+
+def elastic(images, alpha, sigma, rng):
+    """Simard et al.'s elastic distortion of ``images`` (N, 784) or (N, 28,
+    28): for each image a random displacement field, each component uniform
+    in [-1, 1] at every pixel, smoothed by a Gaussian of standard deviation
+    ``sigma`` pixels (zero beyond the image) and scaled by ``alpha``; output
+    pixel p is the input read at p + displacement(p), bilinearly.  A large
+    sigma gives a nearly uniform, small shift; a small one, noise.  For MNIST
+    the paper used alpha=34, sigma=4 (displacements of about 1.4 pixels rms,
+    varying over a few pixels).  ``rng`` is a numpy Generator (or a seed).
+    Returns a new array, same shape and dtype."""
+    alpha, sigma = _check_elastic((alpha, sigma), "elastic")
+    square = _as_square(np.asarray(images), "elastic")
+    n = len(square)
+    return _warp(square, _identity(n), np.zeros((n, 2)), (alpha, sigma),
+                 np.random.default_rng(rng)).reshape(np.shape(images))
+
+
+class Augment:
+    """A random distortion of every training image, new each time it is
+    called: ``Augment()(x, rng)`` takes the training images ``x`` (N, 784)
+    float32 and a numpy Generator and returns a new (N, 784) float32 array,
+    each image translated, rotated, skewed and elastically distorted by its
+    own random amounts, read with one bilinear interpolation.  The result
+    depends only on ``x`` and the generator's state.  Give it to
+    ``Network.SGD(..., augment=Augment())``.
+
+    Per image, drawn uniformly:
+
+    * ``translate``: a shift of up to this many pixels down or up and,
+      independently, right or left (fractional).  Default 2: the book's
+      expanded set used 1; MNIST digits are centred by their centre of mass
+      in a 28x28 field with a 4-pixel blank margin, so 2 pixels stays
+      inside it.
+    * ``rotate``: an angle of up to this many degrees either way.  Default
+      10: a slanted 1 or 7 stays itself; a 6 is not yet a 9.
+    * ``skew``: a horizontal shear factor of up to this either way (see
+      ``skew``); 0.2 slants an upright stroke by 11 degrees.
+    * ``elastic``: ``(alpha, sigma)`` of Simard et al.'s elastic distortion
+      (see ``elastic``), default their (34, 4) for MNIST; ``None`` for none.
+    * ``p_original``: the fraction of images left exactly as they are each
+      epoch.  Default 0: the distortions are small, and every draw near
+      zero is already close to the original, so the network still sees
+      undistorted digits like the validation and test ones; raise it if a
+      strong setting hurts accuracy.
+
+    ``draw(n, rng)`` returns the per-image amounts (without the elastic
+    fields); ``__call__`` draws them, then the elastic fields ``CHUNK``
+    images at a time.
+
+    Cost, measured on this project's 2-core machine with a training run on
+    the other core: 6 to 7 s for the 50,000 training images with all four
+    on (about 3 s with ``elastic=None``; the rest is the elastic fields'
+    Gaussian smoothing), and 160 MB of working memory besides the 157 MB
+    result.
+    """
+
+    def __init__(self, translate=2.0, rotate=10.0, skew=0.2, elastic=(34.0, 4.0),
+                 p_original=0.0):
+        for name, value in (("translate", translate), ("rotate", rotate),
+                            ("skew", skew)):
+            if not (np.isscalar(value) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"Augment: {name} must be a number >= 0 (the "
+                                 f"largest amount either way), got {value!r}")
+        if rotate > 180:
+            raise ValueError(f"Augment: rotate must be at most 180 degrees, "
+                             f"got {rotate!r}")
+        if not (np.isscalar(p_original) and 0 <= p_original <= 1):
+            raise ValueError(f"Augment: p_original must be in [0, 1], got "
+                             f"{p_original!r}")
+        self.translate, self.rotate, self.skew = (float(translate), float(rotate),
+                                                  float(skew))
+        self.elastic = None if elastic is None else _check_elastic(elastic, "Augment")
+        self.p_original = float(p_original)
+
+    def __repr__(self):
+        elastic = (None if self.elastic is None
+                   else "({:g}, {:g})".format(*self.elastic))
+        return (f"Augment(translate={self.translate:g}, rotate={self.rotate:g}, "
+                f"skew={self.skew:g}, elastic={elastic}, "
+                f"p_original={self.p_original:g})")
+
+    def draw(self, n, rng):
+        """The random amounts for ``n`` images: a dict of arrays of length
+        ``n``: ``dy``, ``dx`` (pixels), ``degrees``, ``factor`` (skew) and
+        ``original`` (True for an image left as it is)."""
+        rng = np.random.default_rng(rng)
+        return {"dy": rng.uniform(-self.translate, self.translate, n),
+                "dx": rng.uniform(-self.translate, self.translate, n),
+                "degrees": rng.uniform(-self.rotate, self.rotate, n),
+                "factor": rng.uniform(-self.skew, self.skew, n),
+                "original": rng.random(n) < self.p_original}
+
+    def __call__(self, x, rng):
+        x = np.asarray(x)
+        square = _as_square(x, "Augment")               # (N, 28, 28) view
+        rng = np.random.default_rng(rng)
+        amounts = self.draw(len(square), rng)
+        # one read per image: skew, then rotate (both about the centre),
+        # then translate, then the elastic field
+        out = _warp(square, _source_matrix(amounts["degrees"], amounts["factor"]),
+                    np.stack([amounts["dy"], amounts["dx"]], axis=1),
+                    self.elastic, rng)
+        keep = amounts["original"]
+        out[keep] = square[keep]
+        return out.reshape(x.shape)
+
+
+#### Geometry
+def _source_matrix(degrees, factor):
+    """(N, 2, 2): for a pixel's (row, column) offset from the centre in the
+    output, its offset in the input, undoing a skew by ``factor`` followed
+    by an anticlockwise rotation by ``degrees``.  Rows point down, so the
+    inverse rotation is [[cos, sin], [-sin, cos]] on (row, column), and the
+    inverse skew adds ``factor * row`` to the column."""
+    theta = np.radians(degrees)
+    cos, sin = np.cos(theta), np.sin(theta)
+    return np.stack([np.stack([cos, sin], axis=-1),
+                     np.stack([factor * cos - sin, factor * sin + cos], axis=-1)],
+                    axis=-2)
+
+
+def _identity(n):
+    return np.broadcast_to(np.eye(2), (n, 2, 2))
+
+
+def _warp(square, matrix, shift, elastic=None, rng=None):
+    """Read ``square`` (N, H, W) at, for each output pixel p, the point
+    ``matrix @ (p - centre - shift) + centre`` (per image: ``matrix`` (N, 2,
+    2), ``shift`` (N, 2) as (down, right)), plus an elastic displacement
+    drawn from ``rng`` when ``elastic`` is (alpha, sigma).  Bilinear, zero
+    outside the image.  Returns a new (N, H, W) array of ``square``'s dtype."""
+    from scipy import ndimage  # on first use: importing network3 stays light
+    n, height, width = square.shape
+    # offsets from the centre, which for 28 pixels lies between 13 and 14
+    rows = np.arange(height, dtype=np.float32) - (height - 1) / 2   # (H,)
+    cols = np.arange(width, dtype=np.float32) - (width - 1) / 2     # (W,)
+    matrix = matrix.astype(np.float32)
+    shift = shift.astype(np.float32)
+    out = np.empty_like(square)
+    # buffers reused chunk after chunk: (image, row, column) for each output
+    # pixel, and the elastic fields
+    coords = np.empty((3, min(n, CHUNK), height, width), np.float32)
+    field = np.empty((min(n, CHUNK), 2, height, width), np.float32)
+    for start in range(0, n, CHUNK):
+        stop = min(start + CHUNK, n)
+        c = coords[:, :stop - start]                                  # (3, n, H, W)
+        m = matrix[start:stop, :, :, None, None]                      # (n, 2, 2, 1, 1)
+        y = rows[:, None] - shift[start:stop, 0, None, None]          # (n, H, 1)
+        x = cols[None, :] - shift[start:stop, 1, None, None]          # (n, 1, W)
+        c[0] = np.arange(start, stop, dtype=np.float32)[:, None, None]
+        np.add(m[:, 0, 0] * y, m[:, 0, 1] * x, out=c[1])
+        np.add(m[:, 1, 0] * y, m[:, 1, 1] * x, out=c[2])
+        c[1] += (height - 1) / 2
+        c[2] += (width - 1) / 2
+        if elastic is not None:
+            alpha, sigma = elastic
+            # (n, 2, H, W): an image's two fields side by side, so drawing
+            # chunk by chunk draws the same numbers as all at once
+            f = field[:stop - start]
+            rng.random(out=f, dtype=np.float32)                       # [0, 1)
+            f *= 2
+            f -= 1                                                    # [-1, 1)
+            ndimage.gaussian_filter(f, (0, 0, sigma, sigma), mode="constant",
+                                    cval=0.0, output=f)
+            f *= alpha
+            c[1:] += f.transpose(1, 0, 2, 3)
+        # "constant": a point outside the image reads cval (no interpolation
+        # with the border); the image coordinate is always a whole number
+        ndimage.map_coordinates(square, c, output=out[start:stop], order=1,
+                                mode="constant", cval=0.0, prefilter=False)
+    return out
+
+
+def _per_image(value, n, caller, name):
+    """``value`` (a number or N numbers) as a float64 array of length N."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim > 1 or (array.ndim == 1 and len(array) != n):
+        raise ValueError(f"{caller}: {name} must be a number or one per image "
+                         f"({n}), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{caller}: {name} must be finite, got {value!r}")
+    return np.broadcast_to(array, (n,))
+
+
+def _check_elastic(elastic, caller):
+    """(alpha, sigma) as floats: alpha >= 0, sigma > 0."""
+    try:
+        alpha, sigma = (float(v) for v in elastic)
+    except (TypeError, ValueError):
+        raise ValueError(f"{caller}: elastic must be (alpha, sigma), got "
+                         f"{elastic!r}") from None
+    if not (np.isfinite(alpha) and alpha >= 0 and np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"{caller}: elastic needs alpha >= 0 and sigma > 0, got "
+                         f"alpha={alpha!r}, sigma={sigma!r}")
+    return alpha, sigma

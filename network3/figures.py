@@ -7,7 +7,9 @@
   dark for a large weight and white for a small one, as in the book;
 * ``plot_accuracy_curves``: per-epoch validation accuracy of several runs
   (the problem that compares tanh with sigmoid networks);
-* ``plot_training_curves``: one run's training cost and validation accuracy.
+* ``plot_training_curves``: one run's training cost and validation accuracy;
+* ``plot_augmented``: digits and random distortions of each
+  (``network3.augment.Augment``), originals in the top row.
 
 A history is a list of per-epoch dicts like ``net.history`` (keys epoch,
 training_cost, validation_accuracy, test_accuracy, seconds); a results
@@ -164,6 +166,50 @@ def plot_training_curves(history, filename, title=None):
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
     fig.suptitle(title or "Training curves")
+    return _save(fig, filename)
+
+
+def plot_augmented(images, augmented_list, filename, title=None):
+    """The ``images`` (N, 784) or (N, 28, 28) in the top row and, in each
+    row below, one array of ``augmented_list`` (each shaped like
+    ``images``: a distorted copy of every image), so that each column is
+    one digit and its distortions.  ``title`` defaults to "N digits (top)
+    and M random distortions of each"."""
+    images = np.asarray(images)
+    rows = [images] + [np.asarray(a) for a in augmented_list]
+    for k, array in enumerate(rows[1:], start=1):
+        if array.shape != images.shape:
+            raise ValueError(f"plot_augmented: augmented_list[{k - 1}] has shape "
+                             f"{array.shape}, images {images.shape}")
+    n, m = len(images), len(rows) - 1
+    if n == 0:
+        raise ValueError("plot_augmented: no images")
+    shape = _square_shape(images)
+    if title is None:
+        title = (f"{n} digit{'s' if n != 1 else ''} (top) and {m} random "
+                 f"distortion{'s' if m != 1 else ''} of each")
+
+    height = 0.8 * (m + 1) + 0.2 + 0.7          # inches; 0.7 for the title
+    fig = _figure(figsize=(0.8 * n + 1.0, height))
+    axes = fig.subplots(m + 1, n, squeeze=False)
+    fig.subplots_adjust(left=0.9 / (0.8 * n + 1.0), right=0.99, bottom=0.02,
+                        top=1 - 0.75 / height, wspace=0.08, hspace=0.08)
+    for r, array in enumerate(rows):
+        for ax, image in zip(axes[r], array.reshape(n, *shape)):
+            ax.imshow(image, cmap="Greys", vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:                         # frame the originals
+                for spine in ax.spines.values():
+                    spine.set_color("tab:blue")
+                    spine.set_linewidth(1.5)
+            else:
+                for spine in ax.spines.values():
+                    spine.set_color("0.8")
+        axes[r, 0].set_ylabel("original" if r == 0 else str(r), fontsize=8,
+                              rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, filename)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from .backend import as_floatX, floatX, function, get_rng
+from .backend import as_floatX, blas_threads, floatX, function, get_rng
 from .layers import rng_updates
 
 
@@ -134,67 +134,69 @@ class Network:
         best_params, improved_epoch = None, 0
         self.history = []
         stop = None  # why training ended early, if it did
-        for epoch in range(epochs):
-            eta_now = eta(epoch) if callable(eta) else eta
-            if eta_now is None:
-                stop = "the learning-rate schedule ended training"
-                break
-            _check_number("eta", eta_now)
-            self.eta.set_value(as_floatX(eta_now))
-            start, total_cost = time.perf_counter(), 0.0
-            if shuffle or augment is not None:
-                order = data_rng.permutation(n_train) if shuffle else slice(None)
-                x_epoch = original_x[order]
-                if augment is not None:
-                    x_epoch = np.asarray(augment(x_epoch, data_rng), dtype=floatX())
-                training_x.set_value(x_epoch, borrow=True)
-                training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
-            snapshot = self._get_params()
-            try:
-                for minibatch_index in _progress(
-                        range(num_training_batches), progress, epoch):
-                    iteration = num_training_batches * epoch + minibatch_index
-                    if iteration % 1000 == 0:
-                        print(f"Training mini-batch number {iteration}")
-                    cost_ij = float(train_mb(minibatch_index))
-                    if not np.isfinite(cost_ij):
-                        raise _Diverged(cost_ij, iteration)
-                    total_cost += cost_ij
-            except KeyboardInterrupt:
-                stop = (f"Training interrupted in epoch {epoch}; keeping the "
-                        "parameters of the best epoch so far.")
-            except _Diverged as err:
-                stop = (f"Training stopped: the cost became {err.cost} at "
-                        f"mini-batch {err.iteration} (eta = {eta_now} is "
-                        "probably too large; try a smaller eta).")
-            if stop:
-                print(stop)
-                self._set_params(best_params or snapshot)
-                break
-            validation_accuracy = np.mean(
-                [validate_mb_accuracy(j) for j in range(num_validation_batches)])
-            print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
-            record = {"epoch": epoch, "eta": float(eta_now),
-                      "training_cost": total_cost / num_training_batches,
-                      "validation_accuracy": float(validation_accuracy),
-                      "test_accuracy": None}
-            if validation_accuracy > best_validation_accuracy or epoch == 0:
-                improved_epoch = epoch  # strictly better: early stopping's test
-            if validation_accuracy >= best_validation_accuracy:
-                print("This is the best validation accuracy to date.")
-                best_validation_accuracy = validation_accuracy
-                best_iteration = iteration
-                best_params = self._get_params()
-                if test_data is not None:
-                    test_accuracy = np.mean(
-                        [test_mb_accuracy(j) for j in range(num_test_batches)])
-                    record["test_accuracy"] = float(test_accuracy)
-                    print(f"The corresponding test accuracy is {test_accuracy:.2%}")
-            record["seconds"] = time.perf_counter() - start
-            self.history.append(record)
-            if early_stopping and epoch - improved_epoch >= early_stopping:
-                print(f"Early stopping: no improvement in {early_stopping} epochs.")
-                break
+        # one BLAS thread while training: the matrices are too small to gain
+        with blas_threads():
+            for epoch in range(epochs):
+                eta_now = eta(epoch) if callable(eta) else eta
+                if eta_now is None:
+                    stop = "the learning-rate schedule ended training"
+                    break
+                _check_number("eta", eta_now)
+                self.eta.set_value(as_floatX(eta_now))
+                start, total_cost = time.perf_counter(), 0.0
+                if shuffle or augment is not None:
+                    order = data_rng.permutation(n_train) if shuffle else slice(None)
+                    x_epoch = original_x[order]
+                    if augment is not None:
+                        x_epoch = np.asarray(augment(x_epoch, data_rng), dtype=floatX())
+                    training_x.set_value(x_epoch, borrow=True)
+                    training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
+                snapshot = self._get_params()
+                try:
+                    for minibatch_index in _progress(
+                            range(num_training_batches), progress, epoch):
+                        iteration = num_training_batches * epoch + minibatch_index
+                        if iteration % 1000 == 0:
+                            print(f"Training mini-batch number {iteration}")
+                        cost_ij = float(train_mb(minibatch_index))
+                        if not np.isfinite(cost_ij):
+                            raise _Diverged(cost_ij, iteration)
+                        total_cost += cost_ij
+                except KeyboardInterrupt:
+                    stop = (f"Training interrupted in epoch {epoch}; keeping the "
+                            "parameters of the best epoch so far.")
+                except _Diverged as err:
+                    stop = (f"Training stopped: the cost became {err.cost} at "
+                            f"mini-batch {err.iteration} (eta = {eta_now} is "
+                            "probably too large; try a smaller eta).")
+                if stop:
+                    print(stop)
+                    self._set_params(best_params or snapshot)
+                    break
+                validation_accuracy = np.mean(
+                    [validate_mb_accuracy(j) for j in range(num_validation_batches)])
+                print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
+                record = {"epoch": epoch, "eta": float(eta_now),
+                          "training_cost": total_cost / num_training_batches,
+                          "validation_accuracy": float(validation_accuracy),
+                          "test_accuracy": None}
+                if validation_accuracy > best_validation_accuracy or epoch == 0:
+                    improved_epoch = epoch  # strictly better: early stopping's test
+                if validation_accuracy >= best_validation_accuracy:
+                    print("This is the best validation accuracy to date.")
+                    best_validation_accuracy = validation_accuracy
+                    best_iteration = iteration
+                    best_params = self._get_params()
+                    if test_data is not None:
+                        test_accuracy = np.mean(
+                            [test_mb_accuracy(j) for j in range(num_test_batches)])
+                        record["test_accuracy"] = float(test_accuracy)
+                        print(f"The corresponding test accuracy is {test_accuracy:.2%}")
+                record["seconds"] = time.perf_counter() - start
+                self.history.append(record)
+                if early_stopping and epoch - improved_epoch >= early_stopping:
+                    print(f"Early stopping: no improvement in {early_stopping} epochs.")
+                    break
         if restore_best and best_params is not None:
             self._set_params(best_params)
         print("Finished training network.")

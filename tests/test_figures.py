@@ -173,3 +173,33 @@ def test_figures_script_picks_the_ensemble_else_the_best_net(tmp_path):
     write("ensemble", *(record("ensemble", r, 0.5) for r in range(3)))
     name, found = script.voters(results)
     assert name == "ensemble" and len(found) == 3          # all of them vote
+
+
+#### Augmented digits (network3.augment) and scripts/augment_demo.py
+def test_plot_augmented(tmp_path, rng):
+    images = rng.random((10, 784)).astype("float32")
+    versions = [rng.random((10, 784)).astype("float32") for _ in range(3)]
+    path = figures.plot_augmented(images, versions, tmp_path / "augmented.png")
+    assert path == tmp_path / "augmented.png"
+    assert_png(path)
+    assert_png(figures.plot_augmented(images[:1].reshape(1, 28, 28), [],
+                                      tmp_path / "one.png"), 1)
+    with pytest.raises(ValueError, match=r"augmented_list\[1\] has shape"):
+        figures.plot_augmented(images, [images, images[:5]], tmp_path / "bad.png")
+
+
+def test_augment_demo_script_writes_the_figure(tmp_path, rng, capsys):
+    x = rng.random((30, 784)).astype("float32") * 0.99
+    y = np.arange(30) % 10
+    data_file = tmp_path / "mnist.pkl.gz"
+    n3data.save_data(((x[:20], y[:20]), (x[20:25], y[20:25]),
+                      (x[25:], y[25:])), data_file)
+    script_path = SCRIPT.parent / "augment_demo.py"
+    spec = importlib.util.spec_from_file_location("augment_demo", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "augmented.png"
+    assert script.main(["--data", str(data_file), "--out", str(out),
+                        "--versions", "2", "--alpha", "0", "--time"]) == out
+    assert_png(out)
+    assert "20 images in" in capsys.readouterr().out
