@@ -1,0 +1,226 @@
+"""network3.ops' custom Ops (Conv2d, MaxPool2d and their gradient Ops)
+against an independent numpy/scipy reference and against the pure-tensor
+formulation (``conv2d_reference``, ``max_pool_2d_reference``, which PyTensor
+differentiates by itself), forward and both gradients, on every backend:
+
+* ``FAST_COMPILE`` (the Python VM: the Ops' numpy ``perform``),
+* ``NUMBA`` (the default: the Ops' Numba kernels),
+* ``JAX`` (the Ops' jax.numpy functions),
+
+plus three full SGD steps of the book's dbl_conv network with the Ops
+(Numba) against the same steps with the pure-tensor formulation (C backend).
+
+The pure-tensor graphs are compiled only with FAST_COMPILE, JAX and C: Numba
+takes minutes on them (that is why the Ops exist).
+"""
+
+import jax  # noqa: F401  (jax is a test dependency: fail, never skip, without it)
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+from scipy.signal import convolve2d, correlate2d
+
+import network3
+from network3 import ops
+
+MODES = ["FAST_COMPILE", "NUMBA", "JAX"]
+
+# (image_shape, filter_shape, poolsize): odd and non-square sizes, 1x1 and
+# image-sized kernels, pools that drop a border, and the book's two layers.
+CASES = [
+    ((2, 3, 7, 5), (4, 3, 3, 2), (2, 2)),
+    ((3, 1, 9, 8), (2, 1, 2, 3), (3, 2)),
+    ((2, 2, 5, 4), (3, 2, 1, 1), (1, 1)),
+    ((1, 2, 4, 7), (2, 2, 4, 1), (1, 7)),
+    ((10, 1, 28, 28), (20, 1, 5, 5), (2, 2)),
+    ((10, 20, 12, 12), (40, 20, 5, 5), (2, 2)),
+]
+IDS = ["-".join("x".join(map(str, s)) for s in case) for case in CASES]
+TOL = {"float64": 1e-10, "float32": 2e-5}
+
+
+#### independent references (loops over scipy's 2-D convolution)
+def ref_conv2d(x, w):
+    out = np.zeros((x.shape[0], w.shape[0], x.shape[2] - w.shape[2] + 1,
+                    x.shape[3] - w.shape[3] + 1))
+    for b in range(x.shape[0]):
+        for f in range(w.shape[0]):
+            for c in range(x.shape[1]):
+                out[b, f] += convolve2d(x[b, c], w[f, c], mode="valid")
+    return out
+
+
+def ref_conv2d_grads(x, w, g):
+    """Gradients of sum(conv2d(x, w) * g) with respect to x and w."""
+    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
+    for b in range(x.shape[0]):
+        for f in range(w.shape[0]):
+            for c in range(x.shape[1]):
+                dx[b, c] += correlate2d(g[b, f], w[f, c], mode="full")
+                dw[f, c] += correlate2d(x[b, c], g[b, f], mode="valid")[::-1, ::-1]
+    return dx, dw
+
+
+def ref_max_pool(x, poolsize):
+    ph, pw = poolsize
+    B, C, H, W = x.shape
+    out = np.zeros((B, C, H // ph, W // pw))
+    for b, c, i, j in np.ndindex(out.shape):
+        out[b, c, i, j] = x[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].max()
+    return out
+
+
+def ref_max_pool_grad(x, poolsize, g):
+    """Each window's gradient goes to every element equal to its maximum."""
+    ph, pw = poolsize
+    dx = np.zeros(x.shape)
+    for b, c, i, j in np.ndindex(g.shape):
+        window = x[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
+        dx[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = \
+            (window == window.max()) * g[b, c, i, j]
+    return dx
+
+
+#### helpers
+def conv_pool_fn(case, dtype, mode, conv=ops.conv2d, pool=ops.max_pool_2d):
+    """A function of (x, w, gz, gp) returning the conv output z, the pooled
+    output p and the gradients of sum(z * gz) + sum(p * gp) with respect to
+    x and w."""
+    image_shape, filter_shape, poolsize = case
+    x, w, gz, gp = (pt.tensor4(n, dtype=dtype) for n in ("x", "w", "gz", "gp"))
+    # static shapes, as the layers give them (JAX needs them for the
+    # pure-tensor formulation's reshapes)
+    z = conv(pt.specify_shape(x, image_shape), pt.specify_shape(w, filter_shape),
+             image_shape, filter_shape)
+    conv_shape = ref_conv2d(np.zeros(image_shape), np.zeros(filter_shape)).shape
+    p = pool(z, conv_shape, poolsize)
+    cost = (z * gz).sum() + (p * gp).sum()
+    gx, gw = pytensor.grad(cost, [x, w])
+    return pytensor.function([x, w, gz, gp], [z, p, gx, gw], mode=mode)
+
+
+def inputs(case, dtype, rng):
+    image_shape, filter_shape, poolsize = case
+    x = rng.normal(size=image_shape)
+    w = rng.normal(size=filter_shape)
+    z_shape = ref_conv2d(x[:1, :1], w[:1, :1]).shape[2:]
+    gz = rng.normal(size=(image_shape[0], filter_shape[0]) + z_shape)
+    gp = rng.normal(size=(image_shape[0], filter_shape[0], z_shape[0] // poolsize[0],
+                          z_shape[1] // poolsize[1]))
+    return [a.astype(dtype) for a in (x, w, gz, gp)]
+
+
+def reference(case, x, w, gz, gp):
+    x, w, gz, gp = (a.astype(np.float64) for a in (x, w, gz, gp))
+    z = ref_conv2d(x, w)
+    p = ref_max_pool(z, case[2])
+    gz_total = gz + ref_max_pool_grad(z, case[2], gp)
+    gx, gw = ref_conv2d_grads(x, w, gz_total)
+    return z, p, gx, gw
+
+
+def assert_close(actual, expected, dtype):
+    for name, a, e in zip(("z", "pool", "grad x", "grad w"), actual, expected):
+        assert a.dtype == np.dtype(dtype), name
+        assert a.shape == e.shape, name
+        scale = max(1.0, np.abs(e).max())
+        np.testing.assert_allclose(a, e, rtol=0, atol=TOL[dtype] * scale,
+                                   err_msg=name)
+
+
+#### the Ops against scipy, on every backend
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_ops_match_scipy(case, mode, dtype, rng):
+    x, w, gz, gp = inputs(case, dtype, rng)
+    out = conv_pool_fn(case, dtype, mode)(x, w, gz, gp)
+    assert_close(out, reference(case, x, w, gz, gp), dtype)
+
+
+#### the Ops against the pure-tensor formulation (PyTensor's own gradients)
+# PyTensor's JAX conversion of the pure-tensor graph (not of the Ops) warns
+@pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", "JAX"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_ops_match_pure_tensor_formulation(case, mode, dtype, rng):
+    args = inputs(case, dtype, rng)
+    fast = conv_pool_fn(case, dtype, mode)(*args)
+    slow = conv_pool_fn(case, dtype, mode, ops.conv2d_reference,
+                        ops.max_pool_2d_reference)(*args)
+    assert_close(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_pool_gradient_goes_to_every_tied_maximum(mode):
+    # as Theano's max pool and PyTensor's max: ties share nothing, each gets g
+    x = pt.tensor4("x")
+    p = ops.max_pool_2d(x, (1, 1, 3, 5), (2, 2))
+    f = pytensor.function([x], pytensor.grad((p * [[[[1.0, 2.0]]]]).sum(), x),
+                          mode=mode)
+    value = np.array([[[[1, 1, 0, 5, 9], [1, 0, 5, 5, 9], [7, 7, 7, 7, 7]]]], "float64")
+    expected = np.array([[[[1, 1, 0, 2, 0], [1, 0, 2, 2, 0], [0, 0, 0, 0, 0]]]])
+    np.testing.assert_array_equal(f(value), expected)
+
+
+def test_max_pool_propagates_nan_as_max_does():
+    x = pt.tensor4("x")
+    f = pytensor.function([x], ops.max_pool_2d(x, (1, 1, 2, 2), (2, 2)),
+                          mode="NUMBA")
+    for value in ([[[[np.nan, 1.0], [2.0, 3.0]]]], [[[[1.0, 2.0], [np.nan, 0.0]]]]):
+        assert np.isnan(f(np.array(value))).all()
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=IDS[:4])
+def test_verify_grad(case, rng):
+    image_shape, filter_shape, poolsize = case
+    x = rng.normal(size=image_shape)
+    w = rng.normal(size=filter_shape)
+    z_shape = ref_conv2d(x, w).shape
+
+    def conv_pool(x, w):
+        z = ops.conv2d(x, w, image_shape, filter_shape)
+        return ops.max_pool_2d(pt.sin(z), z_shape, poolsize)
+
+    verify_grad(conv_pool, [x, w], rng=rng, mode="FAST_COMPILE")
+
+
+#### a whole SGD step of the book's dbl_conv network
+def dbl_conv_step(conv, pool, backend, steps=3):
+    """Build dbl_conv (seed 1234) with the given conv and pool, take ``steps``
+    SGD steps, return the costs and the parameters."""
+    from network3 import ConvPoolLayer, FullyConnectedLayer, Network, SoftmaxLayer
+    original = ops.conv2d, ops.max_pool_2d
+    ops.conv2d, ops.max_pool_2d = conv, pool
+    try:
+        network3.seed(1234)
+        network3.set_backend(backend)
+        net = Network([
+            ConvPoolLayer(image_shape=(10, 1, 28, 28), filter_shape=(20, 1, 5, 5)),
+            ConvPoolLayer(image_shape=(10, 20, 12, 12), filter_shape=(40, 20, 5, 5)),
+            FullyConnectedLayer(n_in=40 * 4 * 4, n_out=100),
+            SoftmaxLayer(n_in=100, n_out=10)], 10)
+        rng = np.random.default_rng(0)
+        x = rng.random((10 * steps, 784), dtype=np.float32)
+        y = rng.integers(0, 10, 10 * steps).astype(np.int32)
+        train = net.train_mb_function(pytensor.shared(x), pytensor.shared(y),
+                                      0.03, 0.1, steps)
+        costs = [float(train(i)) for i in range(steps)]
+        return costs, [p.get_value() for p in net.params]
+    finally:
+        ops.conv2d, ops.max_pool_2d = original
+
+
+def test_dbl_conv_sgd_step_matches_pure_tensor_formulation():
+    # the pure-tensor graph runs on the C backend (Numba would take minutes to
+    # compile it; network3's JAX path cannot slice mini-batches by a variable)
+    costs, params = dbl_conv_step(ops.conv2d, ops.max_pool_2d, "numba")
+    ref_costs, ref_params = dbl_conv_step(ops.conv2d_reference,
+                                          ops.max_pool_2d_reference, "c")
+    np.testing.assert_allclose(costs, ref_costs, rtol=1e-5)
+    for p, r in zip(params, ref_params):
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p, r, rtol=1e-4, atol=1e-5)
