@@ -145,7 +145,9 @@ def plot_accuracy_curves(histories, labels, filename, title=None):
 
 def plot_training_curves(history, filename, title=None):
     """One run: training cost (left) and validation accuracy (right) per
-    epoch, with the test accuracy measured at each new best epoch."""
+    epoch, with the training accuracy when the history has it (SGD's
+    ``monitor_training=True``: the overfitting diagnostic) and the test
+    accuracy measured at each new best epoch."""
     history = _epochs(history)
     fig = _figure(figsize=(10, 4), layout="constrained")
     cost_ax, accuracy_ax = fig.subplots(1, 2)
@@ -153,6 +155,10 @@ def plot_training_curves(history, filename, title=None):
     cost_ax.plot(epochs, cost, color="tab:blue")
     cost_ax.set_ylabel("training cost (mean over mini-batches)")
     cost_ax.set_title("Training cost")
+    if any(h.get("training_accuracy") is not None for h in history):
+        epochs, accuracy = _series(history, "training_accuracy")
+        accuracy_ax.plot(epochs, 100 * accuracy, color="tab:red",
+                         label="training")
     epochs, accuracy = _series(history, "validation_accuracy")
     accuracy_ax.plot(epochs, 100 * accuracy, color="tab:green",
                      label="validation")
@@ -160,7 +166,7 @@ def plot_training_curves(history, filename, title=None):
     accuracy_ax.plot(test_epochs, 100 * test, "o", color="tab:orange",
                      label="test (at each new best validation epoch)")
     accuracy_ax.set_ylabel("accuracy (%)")
-    accuracy_ax.set_title("Validation and test accuracy")
+    accuracy_ax.set_title("Accuracy")
     accuracy_ax.legend(loc="lower right")
     for ax in (cost_ax, accuracy_ax):
         _epoch_axis(ax)

@@ -44,7 +44,7 @@ class Network:
     def SGD(self, training_data, epochs, mini_batch_size, eta,
             validation_data=None, test_data=None, lmbda=0.0, *,
             early_stopping=None, restore_best=False, progress=False,
-            shuffle=False, augment=None, momentum=0.0):
+            shuffle=False, augment=None, momentum=0.0, monitor_training=False):
         """Train the network using mini-batch stochastic gradient descent.
 
         The book's arguments behave and print exactly as in the book.  The
@@ -60,6 +60,8 @@ class Network:
         * ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
         * ``momentum=mu``: momentum-based gradient descent (chapter 3):
           ``v = mu * v - eta * grad; param = param + v``.
+        * ``monitor_training=True``: also measure the accuracy on the
+          (unaugmented) training data each epoch, for overfitting diagnostics.
         * ``shuffle=True``: a new random order of the training data each
           epoch (the book keeps one fixed order).
         * ``augment=f``: at the start of each epoch the training images
@@ -180,6 +182,8 @@ class Network:
                           "training_cost": total_cost / num_training_batches,
                           "validation_accuracy": float(validation_accuracy),
                           "test_accuracy": None}
+                if monitor_training:  # on the unaugmented data
+                    record["training_accuracy"] = self.accuracy(training_data)
                 if validation_accuracy > best_validation_accuracy or epoch == 0:
                     improved_epoch = epoch  # strictly better: early stopping's test
                 if validation_accuracy >= best_validation_accuracy:

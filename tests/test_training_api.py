@@ -260,3 +260,11 @@ def test_momentum_update_matches_numpy(capsys):
 def test_momentum_must_be_in_range(toy):
     with pytest.raises(ValueError, match="momentum must be in"):
         small_net().SGD(toy[0], 1, 10, 0.1, toy[1], momentum=1.5)
+
+
+def test_monitor_training_records_training_accuracy(toy, capsys):
+    net = small_net()
+    net.SGD(toy[0], 2, 10, 0.5, toy[1], monitor_training=True)
+    for h in net.history:
+        assert 0 <= h["training_accuracy"] <= 1
+    assert net.history[-1]["training_accuracy"] == pytest.approx(net.accuracy(toy[0]))
