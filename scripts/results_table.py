@@ -5,7 +5,7 @@ training run, written by the run itself), never typed in.  Runs of the same
 experiment with the same settings are grouped; as in the book, the group's
 figure is the best test accuracy (at the best validation epoch) of its runs.
 
-    python scripts/results_table.py            # writes RESULTS.md
+    python scripts/results_table.py      # writes RESULTS.md and README's table
 """
 
 import json
@@ -42,8 +42,9 @@ def load_records(folder):
     records = []
     for path in sorted(Path(folder).glob("*.jsonl")):
         for line in path.read_text().splitlines():
-            if line.strip():
-                records.append(json.loads(line))
+            record = json.loads(line) if line.strip() else {}
+            if "experiment" in record and "config" in record:  # a conv.py run
+                records.append(record)
     return records
 
 
@@ -92,10 +93,21 @@ epochs or runs than the book say so in their columns.
 """
 
 
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
 def main():
     records = load_records(ROOT / "results")
-    text = HEADER + table(records) + "\n"
+    rows = table(records)
+    text = HEADER + rows + "\n"
     (ROOT / "RESULTS.md").write_text(text)
+    # the same table in the README, between its markers
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    if START in content and END in content:
+        before, rest = content.split(START, 1)
+        after = rest.split(END, 1)[1]
+        readme.write_text(f"{before}{START}\n{rows}\n{END}{after}")
     print(text)
 
 
