@@ -145,8 +145,27 @@ def function(inputs, outputs, **kwargs):
     if name != "jax":
         return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     with _quiet_jax():
-        return _Quiet(
-            pytensor.function(inputs, outputs, mode=_mode(name), **kwargs))
+        fn = pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
+    # Keep the data and parameters on the JAX device: left as numpy arrays,
+    # every call copies the whole training set to it (measured: shallow net,
+    # 100 ms per step instead of 3.7).
+    _device_put(getattr(fn, "input_storage", ()))
+    return _Quiet(fn)
+
+
+def to_device(*variables):
+    """After ``set_value`` on shared variables that a JAX-compiled function
+    reads, move their new values to the device (no-op for other backends)."""
+    if backend() == "jax":
+        _device_put(v.container for v in variables)
+
+
+def _device_put(containers):
+    import jax
+    for container in containers:
+        value = container.storage[0]
+        if isinstance(value, np.ndarray):
+            container.storage[0] = jax.device_put(value)
 
 
 # Warnings PyTensor's JAX backend gives for every network3 graph, none of

@@ -15,7 +15,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from .backend import as_floatX, blas_threads, floatX, function, get_rng
+from .backend import as_floatX, blas_threads, floatX, function, get_rng, to_device
 from .layers import rng_updates
 
 
@@ -153,6 +153,7 @@ class Network:
                         x_epoch = np.asarray(augment(x_epoch, data_rng), dtype=floatX())
                     training_x.set_value(x_epoch, borrow=True)
                     training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
+                    to_device(training_x, training_y)
                 snapshot = self._get_params()
                 try:
                     for minibatch_index in _progress(
