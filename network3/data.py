@@ -90,15 +90,26 @@ def load_data(filename=None):
         hint = ("run `python scripts/expand_mnist.py` to build it"
                 if "expanded" in path.name else BUILD_HINT)
         raise FileNotFoundError(f"{path}: no such data file; {hint}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        raise DataError(f"{path}: not a gzip file (it starts with {magic!r}); "
+                        "expected a gzipped pickle like the book's mnist.pkl.gz")
     try:
         with gzip.open(path, "rb") as f:
             data = SafeUnpickler(f, encoding="latin1").load()
-    except (EOFError, gzip.BadGzipFile, OSError, zlib_error()) as err:
+            f.read()  # to the end of the stream, where gzip checks its CRC
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    except (EOFError, gzip.BadGzipFile, zlib_error()) as err:
         raise DataError(
-            f"{path}: not a complete gzip file ({err}); it may be truncated: "
-            f"delete it and {BUILD_HINT}") from None
+            f"{path}: damaged or truncated gzip file ({err}): delete it and "
+            f"{BUILD_HINT}") from None
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: not a network3 data pickle: {err}") from None
+    except Exception as err:  # whatever a damaged pickle makes numpy raise
+        raise DataError(f"{path}: damaged data file ({type(err).__name__}: "
+                        f"{err}): delete it and {BUILD_HINT}") from None
     return _check_layout(data, path)
 
 
@@ -165,10 +176,23 @@ def _check_layout(data, path):
     return tuple((x, y) for x, y in data)
 
 
-class SafeUnpickler(pickle.Unpickler):
+class SafeUnpickler(pickle._Unpickler):
     """Admits only what a data pickle holds: numpy arrays (with their
     dtypes), tuples and lists.  Anything else, such as a pickle crafted to
-    run a command when loaded, is refused before it is touched."""
+    run a command when loaded, is refused before it is touched.
+
+    It is Python's own unpickler (the pure-Python one, so that one opcode
+    can be checked): a dtype's state is checked before numpy sees it, since
+    numpy crashes the interpreter on some malformed states."""
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(state)
+        pickle._Unpickler.load_build(self)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
     ALLOWED = {
         ("numpy._core.multiarray", "_reconstruct"),
@@ -189,6 +213,18 @@ class SafeUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: a data file holds only "
                 "numpy arrays (this pickle may be malicious)")
         return super().find_class(module, name)
+
+
+def _check_dtype_state(state):
+    """The state numpy pickles for a plain (non-structured) dtype:
+    (version, byte order, None, None, None, -1, -1, flags[, metadata])."""
+    ok = (isinstance(state, tuple) and len(state) in (8, 9)
+          and state[0] in (3, 4) and state[1] in ("<", ">", "|", "=")
+          and state[2:5] == (None, None, None) and state[5:7] == (-1, -1)
+          and isinstance(state[7], int) and 0 <= state[7] < 1024
+          and (len(state) == 8 or state[8] is None))
+    if not ok:
+        raise DataError(f"unsupported or damaged dtype in the pickle: {state!r:.80}")
 
 
 #### Build mnist.pkl.gz from the original MNIST files

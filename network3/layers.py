@@ -85,17 +85,27 @@ def _check_activation(layer, activation_fn):
         raise TypeError(
             f"{layer}: activation_fn must be a function of a symbolic tensor "
             f"(such as network3.sigmoid or network3.ReLU), got {activation_fn!r}")
-    try:
-        out = activation_fn(pt.matrix(dtype=floatX()))
-    except Exception as err:
-        raise TypeError(
-            f"{layer}: activation_fn {activation_fn!r} failed on a symbolic "
-            f"tensor: {err}") from None
-    if not isinstance(out, pytensor.graph.basic.Variable):
-        raise TypeError(
-            f"{layer}: activation_fn {activation_fn!r} returned "
-            f"{type(out).__name__}, not a symbolic tensor; write it with "
-            "pytensor.tensor operations (e.g. pt.maximum(z, 0))")
+    # it must map a tensor elementwise: same number of dimensions and the
+    # same static shape, for the 2-D (FC) and 4-D (conv) inputs it will get
+    for z in (pt.tensor(dtype=floatX(), shape=(2, 3)),
+              pt.tensor(dtype=floatX(), shape=(2, 3, 4, 5))):
+        try:
+            out = activation_fn(z)
+        except Exception as err:
+            raise TypeError(
+                f"{layer}: activation_fn {activation_fn!r} failed on a symbolic "
+                f"tensor: {err}") from None
+        if not isinstance(out, pytensor.graph.basic.Variable):
+            raise TypeError(
+                f"{layer}: activation_fn {activation_fn!r} returned "
+                f"{type(out).__name__}, not a symbolic tensor; write it with "
+                "pytensor.tensor operations (e.g. pt.maximum(z, 0))")
+        if out.ndim != z.ndim or any(
+                o is not None and o != i for o, i in zip(out.type.shape, z.type.shape)):
+            raise TypeError(
+                f"{layer}: activation_fn {activation_fn!r} must act elementwise, "
+                f"but it turns a tensor of shape {z.type.shape} into one of shape "
+                f"{out.type.shape} (pt.max(z, 0) instead of pt.maximum(z, 0)?)")
 
 
 #### Define layer types
@@ -427,7 +437,7 @@ def _int_tuple(layer, name, value, length):
         out = tuple(int(v) for v in value)
         ok = len(out) == length and all(v > 0 for v in out) and \
             all(int(v) == v for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise ValueError(

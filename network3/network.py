@@ -146,6 +146,7 @@ class Network:
                 _check_number("eta", eta_now)
                 self.eta.set_value(as_floatX(eta_now))
                 start, total_cost = time.perf_counter(), 0.0
+                validated = is_best = False
                 if shuffle or augment is not None:
                     order = data_rng.permutation(n_train) if shuffle else slice(None)
                     x_epoch = original_x[order]
@@ -155,7 +156,7 @@ class Network:
                     training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
                     to_device(training_x, training_y)
                 snapshot = self._get_params()
-                try:
+                try:  # Ctrl-C or divergence anywhere in the epoch ends training
                     for minibatch_index in _progress(
                             range(num_training_batches), progress, epoch):
                         iteration = num_training_batches * epoch + minibatch_index
@@ -165,9 +166,22 @@ class Network:
                         if not np.isfinite(cost_ij):
                             raise _Diverged(cost_ij, iteration)
                         total_cost += cost_ij
+                    validation_accuracy = np.mean(
+                        [validate_mb_accuracy(j) for j in range(num_validation_batches)])
+                    is_best = validation_accuracy >= best_validation_accuracy
+                    validated = True
+                    if is_best and test_data is not None:
+                        epoch_test_accuracy = np.mean(
+                            [test_mb_accuracy(j) for j in range(num_test_batches)])
+                    training_accuracy = self.accuracy(training_data) \
+                        if monitor_training else None  # on the unaugmented data
                 except KeyboardInterrupt:
                     stop = (f"Training interrupted in epoch {epoch}; keeping the "
                             "parameters of the best epoch so far.")
+                    if validated and is_best:  # interrupted in the test evaluation
+                        best_validation_accuracy, best_iteration = \
+                            validation_accuracy, iteration
+                        best_params, test_accuracy = self._get_params(), None
                 except _Diverged as err:
                     stop = (f"Training stopped: the cost became {err.cost} at "
                             f"mini-batch {err.iteration} (eta = {eta_now} is "
@@ -176,25 +190,22 @@ class Network:
                     print(stop)
                     self._set_params(best_params or snapshot)
                     break
-                validation_accuracy = np.mean(
-                    [validate_mb_accuracy(j) for j in range(num_validation_batches)])
                 print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
                 record = {"epoch": epoch, "eta": float(eta_now),
                           "training_cost": total_cost / num_training_batches,
                           "validation_accuracy": float(validation_accuracy),
                           "test_accuracy": None}
-                if monitor_training:  # on the unaugmented data
-                    record["training_accuracy"] = self.accuracy(training_data)
+                if monitor_training:
+                    record["training_accuracy"] = training_accuracy
                 if validation_accuracy > best_validation_accuracy or epoch == 0:
                     improved_epoch = epoch  # strictly better: early stopping's test
-                if validation_accuracy >= best_validation_accuracy:
+                if is_best:
                     print("This is the best validation accuracy to date.")
                     best_validation_accuracy = validation_accuracy
                     best_iteration = iteration
                     best_params = self._get_params()
                     if test_data is not None:
-                        test_accuracy = np.mean(
-                            [test_mb_accuracy(j) for j in range(num_test_batches)])
+                        test_accuracy = epoch_test_accuracy
                         record["test_accuracy"] = float(test_accuracy)
                         print(f"The corresponding test accuracy is {test_accuracy:.2%}")
                 record["seconds"] = time.perf_counter() - start
@@ -318,8 +329,23 @@ class Network:
             raise ValueError(
                 f"SGD: {name} has {len(x_value)} examples, fewer than one "
                 f"mini-batch of {self.mini_batch_size}")
+        if x_value.dtype.kind not in "fiub":
+            raise ValueError(f"SGD: {name} pixel values must be numbers, found "
+                             f"dtype {x_value.dtype}")
         if not np.isfinite(x_value).all():
             raise ValueError(f"SGD: {name} contains NaN or infinite pixel values")
+        if x_value.dtype.kind == "f" and \
+                np.abs(x_value).max() > np.finfo(floatX()).max:
+            raise ValueError(f"SGD: {name} has pixel values too large for "
+                             f"{floatX()} (max {np.abs(x_value).max():g})")
+        if y_value.dtype.kind not in "iu":
+            if y_value.dtype.kind != "f":
+                raise ValueError(f"SGD: {name} labels must be whole numbers, "
+                                 f"found dtype {y_value.dtype}")
+            bad = y_value[~np.isfinite(y_value) | (y_value != np.round(y_value))]
+            if bad.size:
+                raise ValueError(f"SGD: {name} labels must be whole numbers, "
+                                 f"found {bad[0]!r}")
         n_out = self.layers[-1].output_size
         if y_value.min() < 0 or y_value.max() >= n_out:
             raise ValueError(

@@ -70,18 +70,35 @@ def save(net, filename):
 def load(filename, activations=None):
     """The network saved in ``filename``.  ``activations`` maps the names of
     custom activation functions to the functions themselves."""
+    try:
+        return _load(filename, dict(ACTIVATIONS, **(activations or {})))
+    except ValueError as err:
+        if str(filename) in str(err):
+            raise
+        raise ValueError(f"{filename}: {err}") from None
+    except Exception as err:  # a damaged file: zip, JSON or layout errors
+        raise ValueError(f"{filename}: not a valid saved network3 network "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _load(filename, known):
     from .network import Network
-    known = dict(ACTIVATIONS, **(activations or {}))
     try:
         with np.load(filename, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as err:
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{filename}: not a saved network3 network (it "
+                             "holds pickled objects, which network3 never loads)"
+                             ) from None
+        raise ValueError(f"{filename}: not a saved network3 network ({err})") from None
+    except (OSError, EOFError) as err:
         raise ValueError(f"{filename}: not a saved network3 network ({err})") from None
     if "architecture" not in arrays:
         raise ValueError(f"{filename}: not a saved network3 network (no architecture)")
     spec = json.loads(str(arrays.pop("architecture")))
-    if spec.get("format") != FORMAT:
-        raise ValueError(f"{filename}: format {spec.get('format')!r} is not {FORMAT!r}")
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ValueError(f"{filename}: format is not {FORMAT!r}")
     layers = []
     for i, d in enumerate(spec["layers"]):
         kind = d.pop("type")
@@ -110,6 +127,9 @@ def load(filename, activations=None):
         if arrays[key].shape != shape:
             raise ValueError(f"{filename}: {key} has shape {arrays[key].shape}, "
                              f"the architecture needs {shape}")
+        if arrays[key].dtype.kind != "f":
+            raise ValueError(f"{filename}: {key} has dtype {arrays[key].dtype}, "
+                             "not a float type")
         param.set_value(as_floatX(arrays[key]))
     return net
 

@@ -135,10 +135,15 @@ EXPERIMENTS = {
 
 
 def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
-        init="book", n=100, train_size=None, out=None, save=True, data=None):
+        init="book", n=100, train_size=None, out=None, save=True, data=None,
+        augment=None, data_name=None):
     """Train ``experiment``'s network ``runs`` times; return the nets.  Each
-    run appends a record to ``out`` (default results/<experiment>.jsonl)."""
-    data_name, book_epochs, book_eta, book_lmbda = EXPERIMENTS[experiment]
+    run appends a record to ``out`` (default results/<experiment>.jsonl).
+    ``augment``: an on-the-fly augmentation such as
+    ``network3.augment.Augment()``, applied to the training images each
+    epoch."""
+    book_data, book_epochs, book_eta, book_lmbda = EXPERIMENTS[experiment]
+    data_name = data_name or book_data
     epochs = book_epochs if epochs is None else epochs
     eta = book_eta if eta is None else eta
     lmbda = book_lmbda if lmbda is None else lmbda
@@ -158,12 +163,13 @@ def run(experiment, runs=1, epochs=None, eta=None, lmbda=None, seed=0,
                   int(network3.size(training_data)),
                   "layers": [describe(layer) for layer in net.layers],
                   "backend": network3.backend.backend(),
-                  "floatX": network3.floatX()}
+                  "floatX": network3.floatX(),
+                  "augment": repr(augment) if augment is not None else None}
         print(f"{experiment}: run {r} of {runs}, seed {run_seed}, "
               f"{epochs} epochs, eta {eta}, lmbda {lmbda}, init {init}")
         start = time.perf_counter()
         net.SGD(training_data, epochs, mini_batch_size, eta,
-                validation_data, test_data, lmbda=lmbda)
+                validation_data, test_data, lmbda=lmbda, augment=augment)
         wall = time.perf_counter() - start
         saved = None
         if save:
@@ -293,6 +299,12 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=100,
                         help="FC width of the expanded_data experiments (100/300/1000)")
     parser.add_argument("--init", default="book", choices=["book", "corrected"])
+    parser.add_argument("--augment", action="store_true",
+                        help="on-the-fly random translations, rotations, skews and "
+                        "elastic distortions of the training images each epoch "
+                        "(network3.augment.Augment's defaults)")
+    parser.add_argument("--data", choices=["mnist", "expanded"],
+                        help="training set (default: the book's for the experiment)")
     parser.add_argument("--train-size", type=int,
                         help="train on the first N images only, for a quick look")
     parser.add_argument("--out", help="results file (JSON Lines); default "
@@ -304,9 +316,15 @@ def main(argv=None):
         ensemble(runs=args.runs or 5, epochs=args.epochs or 40, seed=args.seed,
                  train_size=args.train_size, out=args.out, init=args.init)
         return
+    augment = None
+    if args.augment:
+        from network3.augment import Augment
+        augment = Augment()
+    data = load(args.data) if args.data else None
     runs = run(args.experiment, runs=args.runs or 1, epochs=args.epochs, eta=args.eta,
                lmbda=args.lmbda, seed=args.seed, init=args.init, n=args.n,
-               train_size=args.train_size, out=args.out, save=not args.no_save)
+               train_size=args.train_size, out=args.out, save=not args.no_save,
+               augment=augment, data=data, data_name=args.data)
     accs = [net.test_accuracy for net in runs]
     print(f"{args.experiment}: test accuracy of each run "
           f"{', '.join(f'{a:.2%}' for a in accs)}; best {max(accs):.2%}")

@@ -81,3 +81,28 @@ def mnist_idx_dir():
                     "NETWORK3_MNIST_DIR to the folder holding the four "
                     "*-ubyte.gz files.")
     return idx_dir
+
+
+#### Case counts of the property tests (tests/test_reliability.py)
+# Each property test adds its cases, by outcome, to a Counter in this dict;
+# the terminal summary prints them ("N cases: X clean ValueError, ...").
+class _CaseCounts(dict):
+    def __repr__(self):  # short, in hypothesis's report of a failing case
+        return "<case counts>"
+
+
+RELIABILITY_CASE_COUNTS = _CaseCounts()
+
+
+@pytest.fixture(scope="session")
+def case_counts():
+    return RELIABILITY_CASE_COUNTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RELIABILITY_CASE_COUNTS:
+        return
+    terminalreporter.section("property tests: cases tried, by outcome")
+    for name, counts in RELIABILITY_CASE_COUNTS.items():
+        outcomes = ", ".join(f"{n} {outcome}" for outcome, n in counts.most_common())
+        terminalreporter.write_line(f"{name}: {sum(counts.values())} cases: {outcomes}")
