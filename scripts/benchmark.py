@@ -185,9 +185,9 @@ def worker(args):
                       "epoch_s": per_step * STEPS_PER_EPOCH, "peak_mb": peak_mb}))
 
 
-def measure(framework, net, steps, backend=None, threads=None, cold=False):
-    """Run one measurement in a fresh process; ``cold`` gives it an empty
-    PyTensor/Numba cache, as on a user's first run."""
+def measure(framework, net, steps, backend=None, threads=None, cache=None):
+    """Run one measurement in a fresh process; ``cache``: the PyTensor/Numba
+    compile cache folder to use (an empty one is a user's first run)."""
     cmd = [sys.executable, __file__, "--worker", framework, "--net", net,
            "--steps", str(steps)]
     if backend:
@@ -195,12 +195,9 @@ def measure(framework, net, steps, backend=None, threads=None, cold=False):
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ)
-    if cold:
-        cache = tempfile.mkdtemp(prefix="network3-cold-")
+    if cache:
         env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if cold:
-        shutil.rmtree(cache, ignore_errors=True)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -239,8 +236,11 @@ def main():
           "cached s | peak MB | PyTorch s/epoch | PyTorch peak MB | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for net in args.nets:
-        cold = measure("network3", net, 10, args.backend, cold=True)
-        warm = measure("network3", net, args.steps, args.backend)
+        # the first run fills an empty compile cache; the second reuses it
+        cache = tempfile.mkdtemp(prefix="network3-bench-")
+        cold = measure("network3", net, 10, args.backend, cache=cache)
+        warm = measure("network3", net, args.steps, args.backend, cache=cache)
+        shutil.rmtree(cache, ignore_errors=True)
         row = [net]
         if "error" in warm:
             row += [warm["error"], "", "", ""]
