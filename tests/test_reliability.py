@@ -618,7 +618,10 @@ def isolated(fn, timeout=60):
     it."""
     read_end, write_end = os.pipe()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        # Python and JAX (when an earlier test started it) warn about fork
+        # with threads; the child only loads a file and exits
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         pid = os.fork()
     if pid == 0:  # the child
         code = 0
