@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-NETS = ("shallow", "basic_conv", "dbl_conv", "double_fc_dropout")
+NETS = ("shallow", "basic_conv", "dbl_conv", "dbl_conv_relu", "double_fc_dropout")
 MINI_BATCH = 10
 STEPS_PER_EPOCH = 5000
 
@@ -44,9 +44,9 @@ def layers_spec(name):
         return "sigmoid", [("fc", (784, 100, 0.0)), ("softmax", (100, 10, 0.0))]
     if name == "basic_conv":
         return "sigmoid", [conv1, ("fc", (2880, 100, 0.0)), ("softmax", (100, 10, 0.0))]
-    if name == "dbl_conv":
-        return "sigmoid", [conv1, conv2, ("fc", (640, 100, 0.0)),
-                           ("softmax", (100, 10, 0.0))]
+    if name in ("dbl_conv", "dbl_conv_relu"):
+        return ("relu" if name == "dbl_conv_relu" else "sigmoid"), [
+            conv1, conv2, ("fc", (640, 100, 0.0)), ("softmax", (100, 10, 0.0))]
     if name == "double_fc_dropout":
         return "relu", [conv1, conv2, ("fc", (640, 1000, 0.5)),
                         ("fc", (1000, 1000, 0.5)), ("softmax", (1000, 10, 0.5))]
@@ -60,11 +60,12 @@ def synthetic(n):
 
 
 #### network3
-def time_network3(name, steps, backend):
+def time_network3(name, steps, backend, gpu=False):
     start = time.perf_counter()
     import pytensor
 
     import network3
+    network3.GPU = gpu  # the book's flag: JAX on a CUDA GPU
     from network3 import (
         ConvPoolLayer,
         FullyConnectedLayer,
@@ -176,7 +177,7 @@ _threads = None
 
 def worker(args):
     if args.worker == "network3":
-        first, per_step = time_network3(args.net, args.steps, args.backend)
+        first, per_step = time_network3(args.net, args.steps, args.backend, args.gpu)
     else:
         first, per_step = time_torch(args.net, args.steps, args.threads)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -219,6 +220,7 @@ def main():
                         help=argparse.SUPPRESS)
     parser.add_argument("--net", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
