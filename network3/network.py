@@ -240,8 +240,11 @@ class Network:
         if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
             l2_norm_squared = sum((layer.w ** 2).sum() for layer in self.layers
                                   if hasattr(layer, "w"))
-            cost = cost + as_floatX(0.5 * lmbda / num_training_batches) * \
-                l2_norm_squared
+            # a shared coefficient: the compiled step (and Numba's disk
+            # cache of it) does not depend on lmbda or the data set's size
+            l2_coefficient = pytensor.shared(
+                as_floatX(0.5 * lmbda / num_training_batches), name="l2_coefficient")
+            cost = cost + l2_coefficient * l2_norm_squared
         grads = pytensor.grad(cost, self.params)
         eta = eta if isinstance(eta, pytensor.graph.basic.Variable) else as_floatX(eta)
         if momentum:
