@@ -337,10 +337,11 @@ class Network:
                              f"dtype {x_value.dtype}")
         if not np.isfinite(x_value).all():
             raise ValueError(f"SGD: {name} contains NaN or infinite pixel values")
-        if x_value.dtype.kind == "f" and \
-                np.abs(x_value).max() > np.finfo(floatX()).max:
-            raise ValueError(f"SGD: {name} has pixel values too large for "
-                             f"{floatX()} (max {np.abs(x_value).max():g})")
+        if x_value.dtype.kind == "f":  # (max and min: no temporary copy)
+            largest = max(x_value.max(), -x_value.min())
+            if largest > np.finfo(floatX()).max:
+                raise ValueError(f"SGD: {name} has pixel values too large for "
+                                 f"{floatX()} (max {largest:g})")
         if y_value.dtype.kind not in "iu":
             if y_value.dtype.kind != "f":
                 raise ValueError(f"SGD: {name} labels must be whole numbers, "
