@@ -140,16 +140,19 @@ def subset(data, n):
             pytensor.shared(np.asarray(y[:n], dtype="int32"), borrow=True))
 
 
+def as_array(v):
+    """The numpy value of a data array: shared variable, symbolic expression
+    (such as the book's ``T.cast(shared_y, "int32")``) or array."""
+    if hasattr(v, "get_value"):
+        return v.get_value(borrow=True)
+    if isinstance(v, pytensor.graph.basic.Variable):
+        return v.eval()
+    return np.asarray(v)
+
+
 def _values(data):
-    """numpy arrays of an (x, y) pair of shared variables, symbolic
-    expressions (the book's ``T.cast(shared_y, "int32")``) or arrays."""
-    def value(v):
-        if hasattr(v, "get_value"):
-            return v.get_value(borrow=True)
-        if isinstance(v, pytensor.graph.basic.Variable):
-            return v.eval()
-        return np.asarray(v)
-    return value(data[0]), value(data[1])
+    """numpy arrays of an (x, y) pair."""
+    return as_array(data[0]), as_array(data[1])
 
 
 def zlib_error():

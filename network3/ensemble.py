@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .data import as_array
+
 
 class EnsembleResult(NamedTuple):
     """What ``ensemble_accuracy`` returns (unpacks as a 3-tuple)."""
@@ -56,7 +58,7 @@ def predict_all(nets_or_predictions, x, batch_size=500):
     """An (n_nets, N) array of the labels each voter gives the images ``x``:
     a ``Network`` is asked (``net.predict(x)``); an array of labels is
     taken as it is (and must hold N of them)."""
-    x = _value(x)
+    x = as_array(x)
     voters = nets_or_predictions
     if hasattr(voters, "predict"):          # one network: a vote of one
         voters = [voters]
@@ -89,7 +91,7 @@ def ensemble_accuracy(nets_or_predictions, data, batch_size=500):
     except (TypeError, ValueError):
         raise ValueError("ensemble_accuracy: data must be an (x, y) pair, "
                          f"got {type(data).__name__}") from None
-    y = _value(y)
+    y = as_array(y)
     if len(y) == 0:
         raise ValueError("ensemble_accuracy: data has no examples")
     labels = vote(predict_all(nets_or_predictions, x, batch_size))
@@ -98,12 +100,3 @@ def ensemble_accuracy(nets_or_predictions, data, batch_size=500):
                          f"{len(y)} labels")
     wrong = np.flatnonzero(labels != y)
     return EnsembleResult(1.0 - len(wrong) / len(y), wrong, labels)
-
-
-def _value(v):
-    """numpy value of an array, shared variable or symbolic expression."""
-    if hasattr(v, "get_value"):
-        return v.get_value(borrow=True)
-    if hasattr(v, "eval"):
-        return v.eval()
-    return np.asarray(v)

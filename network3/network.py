@@ -16,6 +16,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from .backend import as_floatX, blas_threads, floatX, function, get_rng, to_device
+from .data import as_array
 from .layers import rng_updates
 
 
@@ -99,7 +100,7 @@ class Network:
 
         if shuffle or augment is not None:
             # a private copy of the training set, rewritten every epoch
-            original_x, original_y = _value(training_x), _value(training_y)
+            original_x, original_y = as_array(training_x), as_array(training_y)
             training_x = pytensor.shared(original_x.copy(), name="training_x")
             training_y = pytensor.shared(
                 np.asarray(original_y, dtype="int32"), name="training_y")
@@ -288,7 +289,7 @@ class Network:
     def accuracy(self, data, batch_size=500):
         """Fraction of the examples of ``data`` (an (x, y) pair of arrays or
         shared variables, any size) that the network classifies correctly."""
-        x, y = (_value(v) for v in data)
+        x, y = (as_array(v) for v in data)
         return float(np.mean(self.predict(x, batch_size=batch_size) == y))
 
     def save(self, filename):
@@ -317,7 +318,7 @@ class Network:
             raise ValueError(
                 f"SGD: {name} must be an (x, y) pair as returned by "
                 f"load_data_shared(), got {type(data).__name__}") from None
-        x_value, y_value = _value(x), _value(y)
+        x_value, y_value = as_array(x), as_array(y)
         if x_value.ndim != 2 or y_value.ndim != 1 or \
                 len(x_value) != len(y_value):
             raise ValueError(
@@ -458,11 +459,3 @@ def _check_number(name, value, integer=False, allow_zero=False):
         raise ValueError(f"SGD: {name} must be {what}, got {value!r}")
 
 
-def _value(v):
-    """The numpy value of a data array: shared variable, symbolic expression
-    (such as the book's ``T.cast(shared_y, "int32")``) or array."""
-    if hasattr(v, "get_value"):
-        return v.get_value(borrow=True)
-    if isinstance(v, pytensor.graph.basic.Variable):
-        return v.eval()
-    return np.asarray(v)
