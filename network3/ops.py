@@ -1,21 +1,35 @@
 """ops.py: the two CNN primitives PyTensor 3 no longer ships.
 
 Theano had ``conv.conv2d`` and ``downsample.max_pool_2d``; PyTensor removed
-both.  Here they are rebuilt from ordinary tensor operations (slicing,
-stacking, reshaping, ``dot`` and ``max``), so that
+both.  Each is here twice:
 
-* PyTensor differentiates them itself (no hand-written gradient to get wrong),
-* they compile on every backend: Numba, C and JAX (measured: the im2col form
-  below beat both ``pytensor.tensor.signal.convolve2d``, which runs in Python
-  object mode, and XLA's own convolution on small batches).
+* as a **definition** in ordinary tensor algebra (``conv2d_reference``,
+  ``max_pool_2d_reference``): slicing, stacking, one ``dot``, a reshape and a
+  ``max``.  PyTensor differentiates these by itself and they compile on every
+  backend.  They are the readable statement of what the ops compute, and the
+  tests check everything else against them and against scipy;
+* as five small PyTensor **Ops** (``Conv2d`` and its two gradients,
+  ``MaxPool2d`` and its gradient), which is what the layers use.  Why not the
+  definitions?  Differentiated, the convolution's graph holds 25 slices and
+  25 ``inc_subtensor`` per layer: Numba took minutes to compile the book's
+  two-layer network and ran it slower than PyTorch.  A few big Ops with
+  hand-written kernels compile in seconds and run several times faster
+  (``scripts/benchmark.py``).
 
-Both are tested against independent numpy/scipy references in
-``tests/test_ops.py``.
+The Ops' arithmetic lives in ``kernels.py``: a numpy version (the C backend
+and Python VM run it), a Numba version (the default backend) and a
+jax.numpy version (the JAX backend, CPU or GPU).
 """
 
 import pytensor.tensor as pt
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.scalar import upcast
+
+from . import kernels
 
 
+#### The public functions (what the layers call)
 def conv2d(x, w, image_shape, filter_shape):
     """Valid 2-D *true* convolution, as Theano's ``conv.conv2d``.
 
@@ -27,28 +41,12 @@ def conv2d(x, w, image_shape, filter_shape):
     i.e. the kernel is flipped (a true convolution, not a correlation), which
     matters when loading weights trained by Theano.
 
-    The shapes are passed in as Python tuples, so every reshape below has
-    static sizes (the JAX backend requires that).
+    The shapes are passed in as Python tuples: they fix the graph's static
+    shapes, which the JAX backend needs and the Numba kernels specialise on.
     """
-    batch, channels, h, wd = image_shape
-    n_filters, w_channels, fh, fw = filter_shape
-    oh, ow = h - fh + 1, wd - fw + 1
-    # static shapes let every reshape (and its gradient) compile on JAX
-    x = pt.specify_shape(x, image_shape)
-    w = pt.specify_shape(w, filter_shape)
-    # im2col: one shifted view of the image per kernel position.  The
-    # positions are taken in reverse order: pairing view (u, v) with kernel
-    # entry (fh-1-u, fw-1-v) is the kernel flip, done without a negative-step
-    # slice (which some backends reject).
-    views = [x[:, :, u:u + oh, v:v + ow]
-             for u in reversed(range(fh)) for v in reversed(range(fw))]
-    cols = pt.stack(views, axis=2)                # (B, C, fh*fw, oh, ow)
-    cols = cols.dimshuffle(0, 3, 4, 1, 2)         # (B, oh, ow, C, fh*fw)
-    cols = cols.reshape((batch * oh * ow, channels * fh * fw))
-    kernels = w.reshape((n_filters, channels * fh * fw))
-    out = pt.dot(cols, kernels.T)                 # (B*oh*ow, F): one matrix product
-    out = out.reshape((batch, oh, ow, n_filters))
-    return out.dimshuffle(0, 3, 1, 2)             # (B, F, oh, ow)
+    x = pt.specify_shape(x, tuple(image_shape))
+    w = pt.specify_shape(w, tuple(filter_shape))
+    return Conv2d()(x, w)
 
 
 def max_pool_2d(x, input_shape, poolsize):
@@ -56,23 +54,203 @@ def max_pool_2d(x, input_shape, poolsize):
 
     ``x``: (batch, channels, h, w).  Windows of ``poolsize`` = (ph, pw) that
     do not fit entirely are dropped (Theano's ``ignore_border=True``), so the
-    result is (batch, channels, h // ph, w // pw).
+    result is (batch, channels, h // ph, w // pw).  The gradient goes to every
+    element equal to its window's maximum (as Theano's and ``pt.max``'s).
     """
+    x = pt.specify_shape(x, tuple(input_shape))
+    return MaxPool2d(tuple(int(p) for p in poolsize))(x)
+
+
+def l2_pool_2d(x, input_shape, poolsize):
+    """Non-overlapping L2 pooling: the square root of the sum of squares of
+    each window (the alternative to max pooling that the chapter mentions).
+    Plain tensor algebra: cheap enough not to need an Op."""
     batch, channels, h, wd = input_shape
     ph, pw = poolsize
     oh, ow = h // ph, wd // pw
-    x = pt.specify_shape(x, input_shape)
+    x = pt.specify_shape(x, tuple(input_shape))[:, :, :oh * ph, :ow * pw]
+    windows = x.reshape((batch, channels, oh, ph, ow, pw))
+    return pt.sqrt((windows ** 2).sum(axis=(3, 5)))
+
+
+#### The definitions, in tensor algebra
+def conv2d_reference(x, w, image_shape, filter_shape):
+    """``conv2d`` written with ordinary tensor operations.
+
+    im2col: one shifted view of the image per kernel position, stacked, then
+    one matrix product with the kernels.  The views are taken in reverse
+    order: pairing view (u, v) with kernel entry (fh-1-u, fw-1-v) is the
+    kernel flip, done without a negative-step slice (which some backends
+    reject)."""
+    batch, channels, h, wd = image_shape
+    n_filters, _, fh, fw = filter_shape
+    oh, ow = h - fh + 1, wd - fw + 1
+    x = pt.specify_shape(x, tuple(image_shape))
+    w = pt.specify_shape(w, tuple(filter_shape))
+    views = [x[:, :, u:u + oh, v:v + ow]
+             for u in reversed(range(fh)) for v in reversed(range(fw))]
+    cols = pt.stack(views, axis=2)                # (B, C, fh*fw, oh, ow)
+    cols = cols.dimshuffle(0, 3, 4, 1, 2)         # (B, oh, ow, C, fh*fw)
+    cols = cols.reshape((batch * oh * ow, channels * fh * fw))
+    kernels_ = w.reshape((n_filters, channels * fh * fw))
+    out = pt.dot(cols, kernels_.T)                # (B*oh*ow, F): one matrix product
+    out = out.reshape((batch, oh, ow, n_filters))
+    return out.dimshuffle(0, 3, 1, 2)             # (B, F, oh, ow)
+
+
+def max_pool_2d_reference(x, input_shape, poolsize):
+    """``max_pool_2d`` as a crop, a reshape into windows and a ``max``."""
+    batch, channels, h, wd = input_shape
+    ph, pw = poolsize
+    oh, ow = h // ph, wd // pw
+    x = pt.specify_shape(x, tuple(input_shape))
     x = x[:, :, :oh * ph, :ow * pw]               # crop the incomplete windows
     windows = x.reshape((batch, channels, oh, ph, ow, pw))
     return windows.max(axis=(3, 5))               # (B, C, oh, ow)
 
 
-def l2_pool_2d(x, input_shape, poolsize):
-    """Non-overlapping L2 pooling: the square root of the sum of squares of
-    each window (the alternative to max pooling that the chapter mentions)."""
-    batch, channels, h, wd = input_shape
-    ph, pw = poolsize
-    oh, ow = h // ph, wd // pw
-    x = pt.specify_shape(x, input_shape)[:, :, :oh * ph, :ow * pw]
-    windows = x.reshape((batch, channels, oh, ph, ow, pw))
-    return pt.sqrt((windows ** 2).sum(axis=(3, 5)))
+#### The Ops
+# An Op says what its output looks like (make_node), how to compute it
+# (perform: the numpy kernel; the compiled backends use kernels.py's
+# registrations instead), its output shape (infer_shape) and, for the
+# forward Ops, its gradient as other Ops (pullback).
+
+def _tensor4(value):
+    value = pt.as_tensor_variable(value)
+    if value.ndim != 4:
+        raise ValueError(f"expected a 4-d tensor, got {value.ndim} dimensions")
+    return value
+
+
+def _same_dtype(*values):
+    dtype = upcast(*(v.dtype for v in values))
+    return [pt.cast(v, dtype) for v in values]
+
+
+def _valid(a, b):
+    """a - b + 1 for static shapes, None when either is unknown."""
+    return None if a is None or b is None else a - b + 1
+
+
+def _full(a, b):
+    """a + b - 1 for static shapes, None when either is unknown."""
+    return None if a is None or b is None else a + b - 1
+
+
+class Conv2d(Op):
+    """(x, w) -> z: valid true convolution, see ``conv2d``."""
+
+    __props__ = ()
+
+    def make_node(self, x, w):
+        x, w = _same_dtype(_tensor4(x), _tensor4(w))
+        (B, _C, H, W), (F, _, kh, kw) = x.type.shape, w.type.shape
+        z = pt.tensor(dtype=x.dtype, shape=(B, F, _valid(H, kh), _valid(W, kw)))
+        return Apply(self, [x, w], [z])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.conv2d(*inputs).astype(node.outputs[0].dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (B, _C, H, W), (F, _, kh, kw) = shapes
+        return [(B, F, H - kh + 1, W - kw + 1)]
+
+    def pullback(self, inputs, outputs, cotangents):
+        x, w = inputs
+        (gz,) = cotangents
+        return [Conv2dGradInputs()(gz, w), Conv2dGradWeights()(x, gz)]
+
+
+class Conv2dGradInputs(Op):
+    """(gz, w) -> gx: the gradient of ``conv2d`` with respect to the images
+    (a "full" correlation of gz with the kernels)."""
+
+    __props__ = ()
+
+    def make_node(self, gz, w):
+        gz, w = _same_dtype(_tensor4(gz), _tensor4(w))
+        (B, _F, oh, ow), (_, C, kh, kw) = gz.type.shape, w.type.shape
+        gx = pt.tensor(dtype=gz.dtype, shape=(B, C, _full(oh, kh), _full(ow, kw)))
+        return Apply(self, [gz, w], [gx])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.conv2d_grad_inputs(*inputs).astype(
+            node.outputs[0].dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (B, _F, oh, ow), (_, C, kh, kw) = shapes
+        return [(B, C, oh + kh - 1, ow + kw - 1)]
+
+
+class Conv2dGradWeights(Op):
+    """(x, gz) -> gw: the gradient of ``conv2d`` with respect to the kernels
+    (a valid correlation of the images with gz)."""
+
+    __props__ = ()
+
+    def make_node(self, x, gz):
+        x, gz = _same_dtype(_tensor4(x), _tensor4(gz))
+        (_B, C, H, W), (_, F, oh, ow) = x.type.shape, gz.type.shape
+        gw = pt.tensor(dtype=x.dtype, shape=(F, C, _valid(H, oh), _valid(W, ow)))
+        return Apply(self, [x, gz], [gw])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.conv2d_grad_weights(*inputs).astype(
+            node.outputs[0].dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (_B, C, H, W), (_, F, oh, ow) = shapes
+        return [(F, C, H - oh + 1, W - ow + 1)]
+
+
+class MaxPool2d(Op):
+    """x -> the max of each complete (ph, pw) window, see ``max_pool_2d``."""
+
+    __props__ = ("poolsize",)
+
+    def __init__(self, poolsize):
+        self.poolsize = tuple(poolsize)
+
+    def make_node(self, x):
+        x = _tensor4(x)
+        ph, pw = self.poolsize
+        B, C, H, W = x.type.shape
+        out = pt.tensor(dtype=x.dtype, shape=(
+            B, C, None if H is None else H // ph, None if W is None else W // pw))
+        return Apply(self, [x], [out])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.max_pool(inputs[0], *self.poolsize)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (B, C, H, W), = shapes
+        ph, pw = self.poolsize
+        return [(B, C, H // ph, W // pw)]
+
+    def pullback(self, inputs, outputs, cotangents):
+        # the pooled output is passed on: the gradient need not pool again
+        return [MaxPool2dGrad(self.poolsize)(inputs[0], outputs[0], cotangents[0])]
+
+
+class MaxPool2dGrad(Op):
+    """(x, pooled, gz) -> gx: each window's gradient goes to every element
+    equal to the window's maximum; the dropped border gets zero."""
+
+    __props__ = ("poolsize",)
+
+    def __init__(self, poolsize):
+        self.poolsize = tuple(poolsize)
+
+    def make_node(self, x, pooled, gz):
+        x, pooled, gz = _same_dtype(_tensor4(x), _tensor4(pooled), _tensor4(gz))
+        return Apply(self, [x, pooled, gz], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.max_pool_grad(*inputs, *self.poolsize)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0]]
+
+
+kernels.register(Conv2d, Conv2dGradInputs, Conv2dGradWeights, MaxPool2d,
+                 MaxPool2dGrad)

@@ -1,14 +1,15 @@
-"""network3.ops' custom Ops (Conv2d, MaxPool2d and their gradient Ops)
-against an independent numpy/scipy reference and against the pure-tensor
-formulation (``conv2d_reference``, ``max_pool_2d_reference``, which PyTensor
+"""network3.ops' Ops (Conv2d, MaxPool2d and their gradient Ops, whose
+kernels are in network3/kernels.py) against the independent references in
+tests/references.py and against the pure-tensor definitions
+(``conv2d_reference``, ``max_pool_2d_reference``, which PyTensor
 differentiates by itself), forward and both gradients, on every backend:
 
 * ``FAST_COMPILE`` (the Python VM: the Ops' numpy ``perform``),
-* ``NUMBA`` (the default: the Ops' Numba kernels),
-* ``JAX`` (the Ops' jax.numpy functions),
+* ``NUMBA`` (the default: the Numba kernels, specialised on static shapes),
+* ``JAX`` (the jax.numpy functions),
 
-plus three full SGD steps of the book's dbl_conv network with the Ops
-(Numba) against the same steps with the pure-tensor formulation (C backend).
+plus three SGD steps of the book's dbl_conv network with the Ops (Numba)
+against the same steps with the pure-tensor definitions (C backend).
 
 The pure-tensor graphs are compiled only with FAST_COMPILE, JAX and C: Numba
 takes minutes on them (that is why the Ops exist).
@@ -20,10 +21,11 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
-from scipy.signal import convolve2d, correlate2d
 
 import network3
 from network3 import ops
+
+import references as ref
 
 MODES = ["FAST_COMPILE", "NUMBA", "JAX"]
 
@@ -41,48 +43,6 @@ IDS = ["-".join("x".join(map(str, s)) for s in case) for case in CASES]
 TOL = {"float64": 1e-10, "float32": 2e-5}
 
 
-#### independent references (loops over scipy's 2-D convolution)
-def ref_conv2d(x, w):
-    out = np.zeros((x.shape[0], w.shape[0], x.shape[2] - w.shape[2] + 1,
-                    x.shape[3] - w.shape[3] + 1))
-    for b in range(x.shape[0]):
-        for f in range(w.shape[0]):
-            for c in range(x.shape[1]):
-                out[b, f] += convolve2d(x[b, c], w[f, c], mode="valid")
-    return out
-
-
-def ref_conv2d_grads(x, w, g):
-    """Gradients of sum(conv2d(x, w) * g) with respect to x and w."""
-    dx, dw = np.zeros(x.shape), np.zeros(w.shape)
-    for b in range(x.shape[0]):
-        for f in range(w.shape[0]):
-            for c in range(x.shape[1]):
-                dx[b, c] += correlate2d(g[b, f], w[f, c], mode="full")
-                dw[f, c] += correlate2d(x[b, c], g[b, f], mode="valid")[::-1, ::-1]
-    return dx, dw
-
-
-def ref_max_pool(x, poolsize):
-    ph, pw = poolsize
-    B, C, H, W = x.shape
-    out = np.zeros((B, C, H // ph, W // pw))
-    for b, c, i, j in np.ndindex(out.shape):
-        out[b, c, i, j] = x[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].max()
-    return out
-
-
-def ref_max_pool_grad(x, poolsize, g):
-    """Each window's gradient goes to every element equal to its maximum."""
-    ph, pw = poolsize
-    dx = np.zeros(x.shape)
-    for b, c, i, j in np.ndindex(g.shape):
-        window = x[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw]
-        dx[b, c, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = \
-            (window == window.max()) * g[b, c, i, j]
-    return dx
-
-
 #### helpers
 def conv_pool_fn(case, dtype, mode, conv=ops.conv2d, pool=ops.max_pool_2d):
     """A function of (x, w, gz, gp) returning the conv output z, the pooled
@@ -94,7 +54,7 @@ def conv_pool_fn(case, dtype, mode, conv=ops.conv2d, pool=ops.max_pool_2d):
     # pure-tensor formulation's reshapes)
     z = conv(pt.specify_shape(x, image_shape), pt.specify_shape(w, filter_shape),
              image_shape, filter_shape)
-    conv_shape = ref_conv2d(np.zeros(image_shape), np.zeros(filter_shape)).shape
+    conv_shape = ref.conv2d(np.zeros(image_shape), np.zeros(filter_shape)).shape
     p = pool(z, conv_shape, poolsize)
     cost = (z * gz).sum() + (p * gp).sum()
     gx, gw = pytensor.grad(cost, [x, w])
@@ -105,7 +65,7 @@ def inputs(case, dtype, rng):
     image_shape, filter_shape, poolsize = case
     x = rng.normal(size=image_shape)
     w = rng.normal(size=filter_shape)
-    z_shape = ref_conv2d(x[:1, :1], w[:1, :1]).shape[2:]
+    z_shape = ref.conv2d(x[:1, :1], w[:1, :1]).shape[2:]
     gz = rng.normal(size=(image_shape[0], filter_shape[0]) + z_shape)
     gp = rng.normal(size=(image_shape[0], filter_shape[0], z_shape[0] // poolsize[0],
                           z_shape[1] // poolsize[1]))
@@ -114,10 +74,10 @@ def inputs(case, dtype, rng):
 
 def reference(case, x, w, gz, gp):
     x, w, gz, gp = (a.astype(np.float64) for a in (x, w, gz, gp))
-    z = ref_conv2d(x, w)
-    p = ref_max_pool(z, case[2])
-    gz_total = gz + ref_max_pool_grad(z, case[2], gp)
-    gx, gw = ref_conv2d_grads(x, w, gz_total)
+    z = ref.conv2d(x, w)
+    p = ref.max_pool(z, case[2])
+    gz_total = gz + ref.max_pool_grad(z, case[2], gp)
+    gx, gw = ref.conv2d_grads(x, w, gz_total)
     return z, p, gx, gw
 
 
@@ -179,7 +139,7 @@ def test_verify_grad(case, rng):
     image_shape, filter_shape, poolsize = case
     x = rng.normal(size=image_shape)
     w = rng.normal(size=filter_shape)
-    z_shape = ref_conv2d(x, w).shape
+    z_shape = ref.conv2d(x, w).shape
 
     def conv_pool(x, w):
         z = ops.conv2d(x, w, image_shape, filter_shape)
@@ -224,3 +184,19 @@ def test_dbl_conv_sgd_step_matches_pure_tensor_formulation():
     for p, r in zip(params, ref_params):
         assert p.dtype == np.float32
         np.testing.assert_allclose(p, r, rtol=1e-4, atol=1e-5)
+
+
+#### the Numba kernels without static shapes
+def test_numba_kernels_run_with_sizes_known_only_at_run_time(rng):
+    """ops.conv2d/max_pool_2d fix static shapes, and the Numba kernels are
+    specialised on them; called directly on tensors of unknown shape, the
+    Ops use the same kernels with the sizes read at run time."""
+    x, w, gz, gp = (pt.tensor4(n) for n in ("x", "w", "gz", "gp"))
+    z = ops.Conv2d()(x, w)
+    p = ops.MaxPool2d((2, 3))(z)
+    assert z.type.shape == (None,) * 4
+    gx, gw = pytensor.grad((z * gz).sum() + (p * gp).sum(), [x, w])
+    f = pytensor.function([x, w, gz, gp], [z, p, gx, gw], mode="NUMBA")
+    case = ((2, 3, 9, 10), (4, 3, 2, 3), (2, 3))
+    args = inputs(case, "float64", rng)
+    assert_close(f(*args), reference(case, *args), "float64")

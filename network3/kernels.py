@@ -1,0 +1,348 @@
+"""kernels.py: the arithmetic behind ops.py's Ops, once per backend.
+
+Notation: x (B, C, H, W) images, w (F, C, kh, kw) kernels, z (B, F, oh, ow)
+the convolution's output, g* gradients, (ph, pw) the pooling window.
+
+* numpy (the Ops' ``perform``: the C backend and the Python VM);
+* Numba (PyTensor's default backend): im2col into one buffer and one BLAS
+  matrix product per convolution, plain loops for pooling.  Each kernel
+  takes its array sizes as arguments and is inlined into a small wrapper
+  made for each node of the graph, with the node's static shapes as
+  constants: with every loop bound known, LLVM unrolls and vectorises the
+  loops (measured: im2col 2x, pooling 7x and its gradient 10x faster than
+  the same loops over run-time sizes);
+* jax.numpy (the JAX backend), registered when jax is installed.
+
+The tests check all three against independent numpy/scipy references and
+against ``ops.conv2d_reference``/``max_pool_2d_reference``.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numba
+import numpy as np
+
+
+#### numpy
+def im2col(x, kh, kw):
+    """(B, C, H, W) -> (C*kh*kw, B*oh*ow): column (b, i, j) holds the
+    flipped patch of x that output pixel (b, i, j) sees."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    windows = windows[..., ::-1, ::-1]            # (B, C, oh, ow, kh, kw), flipped
+    return windows.transpose(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1)
+
+
+def col2im(cols, x_shape, kh, kw):
+    """The transpose of ``im2col``: add each column back onto its patch."""
+    B, C, H, W = x_shape
+    oh, ow = H - kh + 1, W - kw + 1
+    cols = cols.reshape(C, kh, kw, B, oh, ow)
+    gx = np.zeros(x_shape, cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            # kernel entry (u, v) met the pixels shifted by (kh-1-u, kw-1-v)
+            su, sv = kh - 1 - u, kw - 1 - v
+            gx[:, :, su:su + oh, sv:sv + ow] += cols[:, u, v].transpose(1, 0, 2, 3)
+    return gx
+
+
+def conv2d(x, w):
+    F, _C, kh, kw = w.shape
+    B, _, H, W = x.shape
+    z = w.reshape(F, -1) @ im2col(x, kh, kw)     # (F, B*oh*ow)
+    return z.reshape(F, B, H - kh + 1, W - kw + 1).transpose(1, 0, 2, 3)
+
+
+def conv2d_grad_inputs(gz, w):
+    B, F, oh, ow = gz.shape
+    _, C, kh, kw = w.shape
+    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
+    gcols = w.reshape(F, -1).T @ gz               # (C*kh*kw, B*oh*ow)
+    return col2im(gcols, (B, C, oh + kh - 1, ow + kw - 1), kh, kw)
+
+
+def conv2d_grad_weights(x, gz):
+    _B, F, oh, ow = gz.shape
+    kh, kw = x.shape[2] - oh + 1, x.shape[3] - ow + 1
+    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
+    gw = gz @ im2col(x, kh, kw).T                 # (F, C*kh*kw)
+    return gw.reshape(F, x.shape[1], kh, kw)
+
+
+def _windows(x, ph, pw, oh, ow):
+    B, C = x.shape[:2]
+    return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
+
+
+def max_pool(x, ph, pw):
+    return _windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
+
+
+def max_pool_grad(x, pooled, gz, ph, pw):
+    B, C, oh, ow = pooled.shape
+    is_max = _windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
+    gx = np.zeros_like(x)                         # the dropped border stays 0
+    gx[:, :, :oh * ph, :ow * pw] = (
+        is_max * gz[:, :, :, None, :, None]).reshape(B, C, oh * ph, ow * pw)
+    return gx
+
+
+#### Numba
+# ``inline="always"``: compiled into the caller, where the sizes are constants.
+inline = numba.njit(inline="always")
+
+
+@inline
+def nb_im2col(x, B, C, H, W, kh, kw):
+    """As ``im2col``."""
+    x = np.ascontiguousarray(x)
+    oh, ow = H - kh + 1, W - kw + 1
+    cols = np.empty((C, kh, kw, B, oh, ow), x.dtype)
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                su, sv = kh - 1 - u, kw - 1 - v   # the kernel flip
+                for b in range(B):
+                    for i in range(oh):
+                        for j in range(ow):
+                            cols[c, u, v, b, i, j] = x[b, c, i + su, j + sv]
+    return cols.reshape(C * kh * kw, B * oh * ow)
+
+
+@inline
+def nb_filter_major(z, B, F, oh, ow):
+    """(B, F, oh, ow) -> (F, B*oh*ow), the layout of the matrix products."""
+    z = np.ascontiguousarray(z).reshape(B, F, oh * ow)
+    out = np.empty((F, B, oh * ow), z.dtype)
+    for f in range(F):
+        for b in range(B):
+            for p in range(oh * ow):
+                out[f, b, p] = z[b, f, p]
+    return out.reshape(F, B * oh * ow)
+
+
+@inline
+def nb_conv2d(x, w, B, C, H, W, F, kh, kw):
+    oh, ow = H - kh + 1, W - kw + 1
+    kernels = np.ascontiguousarray(w).reshape(F, C * kh * kw)
+    z = np.dot(kernels, nb_im2col(x, B, C, H, W, kh, kw))   # (F, B*oh*ow)
+    z = z.reshape(F, B, oh * ow)
+    out = np.empty((B, F, oh * ow), z.dtype)
+    for b in range(B):
+        for f in range(F):
+            for p in range(oh * ow):
+                out[b, f, p] = z[f, b, p]
+    return out.reshape(B, F, oh, ow)
+
+
+@inline
+def nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw):
+    kernels = np.ascontiguousarray(w).reshape(F, C * kh * kw)
+    gcols = np.dot(kernels.T, nb_filter_major(gz, B, F, oh, ow))
+    gcols = gcols.reshape(C, kh, kw, B, oh, ow)
+    gx = np.zeros((B, C, oh + kh - 1, ow + kw - 1), gcols.dtype)
+    for c in range(C):                            # col2im
+        for u in range(kh):
+            for v in range(kw):
+                su, sv = kh - 1 - u, kw - 1 - v
+                for b in range(B):
+                    for i in range(oh):
+                        for j in range(ow):
+                            gx[b, c, i + su, j + sv] += gcols[c, u, v, b, i, j]
+    return gx
+
+
+@inline
+def nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow):
+    kh, kw = H - oh + 1, W - ow + 1
+    # (F, B*oh*ow) @ (B*oh*ow, C*kh*kw): BLAS reads the transpose in place
+    gw = np.dot(nb_filter_major(gz, B, F, oh, ow),
+                nb_im2col(x, B, C, H, W, kh, kw).T)
+    return gw.reshape(F, C, kh, kw)
+
+
+@inline
+def nb_max_pool(x, B, C, H, W, ph, pw):
+    oh, ow = H // ph, W // pw
+    x = np.ascontiguousarray(x).reshape(B * C, H, W)
+    out = np.empty((B * C, oh, ow), x.dtype)
+    for p in range(B * C):
+        for i in range(oh):
+            for j in range(ow):
+                m = x[p, i * ph, j * pw]
+                for u in range(ph):
+                    for v in range(pw):
+                        t = x[p, i * ph + u, j * pw + v]
+                        # a NaN, once met, is kept (as np.max)
+                        m = t if (t > m or t != t) else m
+                out[p, i, j] = m
+    return out.reshape(B, C, oh, ow)
+
+
+@inline
+def nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw):
+    oh, ow = H // ph, W // pw
+    x = np.ascontiguousarray(x).reshape(B * C, H, W)
+    pooled = np.ascontiguousarray(pooled).reshape(B * C, oh, ow)
+    gz = np.ascontiguousarray(gz).reshape(B * C, oh, ow)
+    if H % ph or W % pw:
+        gx = np.zeros((B * C, H, W), gz.dtype)   # the dropped border stays 0
+    else:
+        gx = np.empty((B * C, H, W), gz.dtype)   # every element written below
+    zero = gz.dtype.type(0)
+    for p in range(B * C):
+        for i in range(oh):
+            for u in range(ph):
+                for j in range(ow):
+                    m, g = pooled[p, i, j], gz[p, i, j]
+                    for v in range(pw):
+                        # gz * (x == max), as PyTensor's gradient of max
+                        at_max = x[p, i * ph + u, j * pw + v] == m
+                        gx[p, i * ph + u, j * pw + v] = g if at_max else zero
+    return gx.reshape(B, C, H, W)
+
+
+def _numba_wrapper(node, op):
+    """A jitted function of the node's inputs that calls the node's kernel
+    with the sizes as constants where the graph knows them statically."""
+    in_shapes = [v.type.shape for v in node.inputs]
+    static = all(d is not None for shape in in_shapes for d in shape)
+    name = type(op).__name__
+    if name == "Conv2d":
+        (B, C, H, W), (F, _, kh, kw) = in_shapes
+        if static:
+            def fn(x, w):
+                return nb_conv2d(x, w, B, C, H, W, F, kh, kw)
+        else:
+            def fn(x, w):
+                B, C, H, W = x.shape
+                F, _, kh, kw = w.shape
+                return nb_conv2d(x, w, B, C, H, W, F, kh, kw)
+    elif name == "Conv2dGradInputs":
+        (B, F, oh, ow), (_, C, kh, kw) = in_shapes
+        if static:
+            def fn(gz, w):
+                return nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw)
+        else:
+            def fn(gz, w):
+                B, F, oh, ow = gz.shape
+                _, C, kh, kw = w.shape
+                return nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw)
+    elif name == "Conv2dGradWeights":
+        (B, C, H, W), (_, F, oh, ow) = in_shapes
+        if static:
+            def fn(x, gz):
+                return nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow)
+        else:
+            def fn(x, gz):
+                B, C, H, W = x.shape
+                _, F, oh, ow = gz.shape
+                return nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow)
+    elif name == "MaxPool2d":
+        (B, C, H, W), = in_shapes
+        ph, pw = op.poolsize
+        if static:
+            def fn(x):
+                return nb_max_pool(x, B, C, H, W, ph, pw)
+        else:
+            def fn(x):
+                B, C, H, W = x.shape
+                return nb_max_pool(x, B, C, H, W, ph, pw)
+    elif name == "MaxPool2dGrad":
+        (B, C, H, W) = in_shapes[0]
+        ph, pw = op.poolsize
+        if static:
+            def fn(x, pooled, gz):
+                return nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw)
+        else:
+            def fn(x, pooled, gz):
+                B, C, H, W = x.shape
+                return nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw)
+    else:
+        raise TypeError(f"no Numba kernel for {op}")
+    fn.__name__ = name
+    # PyTensor's on-disk cache key: the Op, the static shapes and this
+    # file's source, so that editing a kernel never runs a stale cached one
+    key = hashlib.sha256(
+        f"network3 {name} {op._props_dict()} {in_shapes} {_SOURCE}".encode()).hexdigest()
+    return numba.njit(fn), key
+
+
+#### JAX
+def _jax_functions():
+    import jax
+    import jax.numpy as jnp
+
+    # The same im2col formulation in jax.numpy (on CPU at small batches it
+    # beat XLA's own convolution); the gradients are JAX's own VJPs of it.
+    def conv(x, w):
+        B, C, H, W = x.shape
+        F, _, kh, kw = w.shape
+        oh, ow = H - kh + 1, W - kw + 1
+        views = [x[:, :, u:u + oh, v:v + ow]
+                 for u in reversed(range(kh)) for v in reversed(range(kw))]
+        cols = jnp.stack(views, axis=2)           # (B, C, kh*kw, oh, ow)
+        cols = cols.transpose(0, 3, 4, 1, 2).reshape(B * oh * ow, C * kh * kw)
+        z = cols @ w.reshape(F, C * kh * kw).T    # (B*oh*ow, F)
+        return z.reshape(B, oh, ow, F).transpose(0, 3, 1, 2)
+
+    def conv_grad_inputs(gz, w):
+        x = jnp.zeros((gz.shape[0], w.shape[1], gz.shape[2] + w.shape[2] - 1,
+                       gz.shape[3] + w.shape[3] - 1), gz.dtype)
+        return jax.vjp(lambda x: conv(x, w), x)[1](gz)[0]
+
+    def conv_grad_weights(x, gz):
+        w = jnp.zeros((gz.shape[1], x.shape[1], x.shape[2] - gz.shape[2] + 1,
+                       x.shape[3] - gz.shape[3] + 1), x.dtype)
+        return jax.vjp(lambda w: conv(x, w), w)[1](gz)[0]
+
+    def windows(x, ph, pw, oh, ow):
+        B, C = x.shape[:2]
+        return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
+
+    def pool(x, ph, pw):
+        return windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
+
+    def pool_grad(x, pooled, gz, ph, pw):
+        B, C, oh, ow = pooled.shape
+        is_max = windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
+        g = (is_max * gz[:, :, :, None, :, None]).astype(gz.dtype)
+        g = g.reshape(B, C, oh * ph, ow * pw)
+        return jnp.zeros(x.shape, gz.dtype).at[:, :, :oh * ph, :ow * pw].set(g)
+
+    return {"Conv2d": conv, "Conv2dGradInputs": conv_grad_inputs,
+            "Conv2dGradWeights": conv_grad_weights, "MaxPool2d": pool,
+            "MaxPool2dGrad": pool_grad}
+
+
+#### Registration with PyTensor's backends
+def register(*op_classes):
+    """Tell PyTensor's Numba and JAX backends how to run ``op_classes``."""
+    from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+    for op_class in op_classes:
+        register_funcify_and_cache_key(op_class)(
+            lambda op, node, **kwargs: _numba_wrapper(node, op))
+    try:
+        from pytensor.link.jax.dispatch import jax_funcify
+        functions = _jax_functions()
+    except ImportError:  # jax is optional: only the JAX backend needs it
+        return
+    for op_class in op_classes:
+        jax_funcify.register(op_class)(_jax_funcify)
+    _JAX.update(functions)
+
+
+_JAX = {}
+
+
+def _jax_funcify(op, node=None, **kwargs):
+    function = _JAX[type(op).__name__]
+    poolsize = getattr(op, "poolsize", ())
+    # PyTensor's JAX backend may hand a float32 Op a float64 input: cast to
+    # the output's dtype
+    dtype = node.outputs[0].dtype
+    return lambda *inputs: function(*(i.astype(dtype) for i in inputs), *poolsize)
+
+
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
