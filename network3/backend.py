@@ -117,8 +117,9 @@ def _gpu_requested():
 
 
 def _mode(name):
-    if name == "numba":
-        return pytensor.compile.mode.get_mode("NUMBA")
+    if name == "numba":  # PyTensor's Numba mode, plus two rewrites of the SGD step
+        from .rewrites import numba_mode
+        return numba_mode()
     if name == "c":
         return pytensor.compile.mode.get_mode("CVM")
     try:

@@ -1,0 +1,308 @@
+"""rewrites.py: two graph rewrites that make the book's SGD step cheaper on
+PyTensor's Numba backend without changing what it computes.
+
+The book's update of a weight matrix, with the L2 term, is
+
+    w - eta * (dot(x.T, delta) + (lmbda/n) * w)
+
+and PyTensor computes it as written: the product into a fresh matrix the
+size of w, then an element-wise pass that reads that matrix and w and writes
+the new w.  The cost it returns also needs sum(w**2), which the element-wise
+pass writes out as one more w-sized matrix before summing it.  For the
+1000 x 1000 layers of the book's largest network, at a mini-batch of 10,
+those passes over memory are most of the step.
+
+* ``local_sgd_step_to_gemm``: the update becomes one BLAS call,
+  ``gemm(w, -eta, x.T, delta, 1 - eta*lmbda/n)``, which PyTensor then runs in
+  place (its ``InplaceBlasOpt``): one read and one write of w.  PyTensor's
+  ``Gemm`` Op has no Numba implementation, so this module gives it one, a
+  call of BLAS's sgemm/dgemm through Numba's own BLAS binding.
+* ``local_sum_of_squares``: sum(w**2) becomes ``SumOfSquares``, one BLAS
+  dot of w with itself: one read of w.
+
+``numba_mode`` is PyTensor's Numba mode with both added; nothing is
+registered in PyTensor's global rewrite database.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytensor.tensor as pt
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+from pytensor.compile.mode import get_mode
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.scalar import basic as ps
+from pytensor.tensor.blas import Dot22, Gemm, _dot22, gemm_no_inplace
+from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
+from pytensor.tensor.math import Dot
+
+
+#### Rewrites
+def _scalar(var):
+    """``var`` as a 0-d variable if it is a broadcast scalar (all its
+    dimensions have length 1), else None."""
+    if not all(s == 1 for s in var.type.shape):
+        return None
+    while var.owner and isinstance(var.owner.op, DimShuffle):
+        var = var.owner.inputs[0]
+    return var.dimshuffle() if var.type.ndim else var
+
+
+def _is(var, scalar_op_class):
+    return (var.owner is not None and isinstance(var.owner.op, Elemwise)
+            and isinstance(var.owner.op.scalar_op, scalar_op_class))
+
+
+def _split_scale(var):
+    """``var`` = scale * rest with scale a product of scalars: (scale, rest),
+    scale None when there is none."""
+    if not _is(var, ps.Mul):
+        return None, var
+    scalars, others = [], []
+    for factor in var.owner.inputs:
+        s = _scalar(factor)
+        (others if s is None else scalars).append(factor if s is None else s)
+    if len(others) != 1 or not scalars:
+        return None, var
+    scale = scalars[0]
+    for s in scalars[1:]:
+        scale = scale * s
+    return scale, others[0]
+
+
+def _is_matrix_dot(var):
+    return (var.owner is not None and isinstance(var.owner.op, Dot | Dot22)
+            and all(i.type.ndim == 2 for i in var.owner.inputs))
+
+
+@node_rewriter([Elemwise])
+def local_sgd_step_to_gemm(fgraph, node):
+    """w - eta * (dot(a, b) [+ c * w ...])  ->  gemm(w, -eta, a, b, 1 - eta*c)"""
+    if not isinstance(node.op.scalar_op, ps.Sub):
+        return None
+    w, step = node.inputs
+    if w.type.ndim != 2 or w.type.dtype not in ("float32", "float64"):
+        return None
+    if w.type.broadcastable != node.outputs[0].type.broadcastable:
+        return None
+    eta, term = _split_scale(step)
+    if eta is None:
+        return None
+    terms = term.owner.inputs if _is(term, ps.Add) else [term]
+    dots = [t for t in terms if _is_matrix_dot(t)]
+    if len(dots) != 1:
+        return None
+    decay = []  # the c of every c * w term
+    for t in terms:
+        if t is dots[0]:
+            continue
+        c, rest = _split_scale(t)
+        if rest is not w:
+            return None
+        decay.append(pt.constant(1.0, dtype=w.dtype) if c is None else c)
+    a, b = dots[0].owner.inputs
+    if a is w or b is w or a.type.dtype != w.type.dtype or b.type.dtype != w.type.dtype:
+        return None
+    eta = pt.cast(eta, w.dtype)
+    beta = pt.constant(1.0, dtype=w.dtype)
+    for c in decay:
+        beta = beta - eta * pt.cast(c, w.dtype)
+    return [gemm_no_inplace(w, -eta, a, b, beta)]
+
+
+class SumOfSquares(Op):
+    """sum(x**2) over all of x, in x's dtype: one BLAS dot of x with itself
+    (the rewrite below puts it in the graph after the gradients are built,
+    so it needs no gradient of its own)."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        return Apply(self, [x], [pt.scalar(dtype=x.dtype)])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        outputs[0][0] = np.asarray(np.vdot(x, x), dtype=x.dtype)
+
+
+sum_of_squares = SumOfSquares()
+
+
+@node_rewriter([CAReduce])
+def local_sum_of_squares(fgraph, node):
+    """sum(x**2) over all axes  ->  sum_of_squares(x)"""
+    if not isinstance(node.op.scalar_op, ps.Add):
+        return None
+    (squares,) = node.inputs
+    if node.op.axis is not None and len(node.op.axis) != squares.type.ndim:
+        return None
+    if not _is(squares, ps.Sqr) or squares.type.dtype not in ("float32", "float64"):
+        return None
+    return [pt.cast(sum_of_squares(squares.owner.inputs[0]), node.outputs[0].dtype)]
+
+
+@node_rewriter([Dot])
+def local_dot_to_dot22(fgraph, node):
+    """dot(x, y) of two float matrices  ->  dot22(x, y), whose Numba version
+    hands transposed operands to BLAS as they are (Numba's np.dot copies
+    every operand it cannot prove contiguous, such as the transposed
+    weights of the backward pass)."""
+    x, y = node.inputs
+    out = node.outputs[0]
+    if not (x.type.ndim == y.type.ndim == 2 and x.type.dtype == y.type.dtype
+            == out.type.dtype and out.type.dtype in ("float32", "float64")):
+        return None
+    return [_dot22(x, y)]
+
+
+# after canonicalisation (the patterns above are its forms), before fusion
+# (49) and PyTensor's InplaceBlasOpt (50.2), which makes the gemm in-place
+_REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
+                         name="network3_sgd_rewrites")
+
+
+def numba_mode():
+    """PyTensor's Numba mode with this module's two rewrites."""
+    return get_mode("NUMBA").register((_REWRITES, 48.5))
+
+
+#### Gemm for Numba: BLAS xgemm through Numba's own binding
+@intrinsic
+def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major BLAS gemm, c = alpha * op(a) @ op(b) + beta * c, called
+    through ``numba_xxgemm``, the helper Numba's own np.dot uses (so a
+    function using it can be cached on disk)."""
+    from numba.np.linalg import ensure_blas
+    ensure_blas()
+    dtype = c.dtype
+    sig = types.int32(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        ta, tb, m_, n_, k_, al, a_, lda_, b_, ldb_, be, c_, ldc_ = args
+        char, intp = ir.IntType(8), context.get_value_type(types.intp)
+        void_p = cgutils.voidptr_t
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p,
+                             intp, void_p, intp, void_p, void_p, intp]), "numba_xxgemm")
+
+        def slot(value, ty):  # a pointer to the scalar, in the array's dtype
+            value = context.cast(builder, value, ty, dtype)
+            return builder.bitcast(cgutils.alloca_once_value(builder, value), void_p)
+
+        def data(value, ty):
+            return builder.bitcast(context.make_array(ty)(context, builder, value).data,
+                                   void_p)
+
+        def integer(value, ty):
+            return context.cast(builder, value, ty, types.intp)
+
+        kind = ir.Constant(char, ord("s" if dtype == types.float32 else "d"))
+        st = signature.args
+        return builder.call(fn, [
+            kind, builder.trunc(ta, char), builder.trunc(tb, char),
+            integer(m_, st[2]), integer(n_, st[3]), integer(k_, st[4]),
+            slot(al, st[5]), data(a_, st[6]), integer(lda_, st[7]),
+            data(b_, st[8]), integer(ldb_, st[9]), slot(be, st[10]),
+            data(c_, st[11]), integer(ldc_, st[12])])
+
+    return sig, codegen
+
+
+@intrinsic
+def _data(typingctx, x):
+    """The data pointer of array x."""
+    def codegen(context, builder, signature, args):
+        return context.make_array(signature.args[0])(context, builder, args[0]).data
+    return types.CPointer(x.dtype)(x), codegen
+
+
+@numba.njit
+def nb_sum_of_squares(x):
+    if x.flags.c_contiguous or x.flags.f_contiguous:  # x's memory, as a vector
+        v = numba.carray(_data(x), x.size)
+    else:
+        v = np.ascontiguousarray(x).ravel()
+    return np.asarray(np.dot(v, v))
+
+
+@numba.njit(inline="always")
+def _layout(p, rows, cols):
+    """How BLAS can read the (rows, cols) array p in place: (transpose flag,
+    leading dimension) for column-major BLAS, or (0, 0) when p is neither
+    C- nor F-contiguous.  Strides of length-1 dimensions do not matter."""
+    size = p.itemsize
+    if (cols == 1 or p.strides[1] == size) and (rows == 1 or p.strides[0] == cols * size):
+        return ord("n"), max(cols, 1)  # C order: p.T in column-major
+    if (rows == 1 or p.strides[0] == size) and (cols == 1 or p.strides[1] == rows * size):
+        return ord("t"), max(rows, 1)  # F order: p in column-major
+    return 0, 0
+
+
+@numba.njit(inline="always")
+def nb_gemm(z, a, x, y, b):
+    """z <- b * z + a * (x @ y), in place; one BLAS call when z is
+    C-contiguous and x and y are C- or F-contiguous (transposed views
+    included), else numpy arithmetic on contiguous copies."""
+    M, N = z.shape
+    K = x.shape[1]
+    if x.shape[0] != M or y.shape[0] != K or y.shape[1] != N:
+        raise ValueError("gemm: shapes of z, x and y do not match")
+    if M == 0 or N == 0:
+        return z
+    tz, _ = _layout(z, M, N)
+    ta, lda = _layout(y, K, N)
+    tb, ldb = _layout(x, M, K)
+    if K == 0 or tz != ord("n") or ta == 0 or tb == 0:
+        product = np.dot(np.ascontiguousarray(x), np.ascontiguousarray(y))
+        if b == 0:  # BLAS's convention: z is not read when b is 0
+            z[...] = a * product
+        else:
+            z[...] = b * z + a * product
+        return z
+    # row-major z = b z + a x y is column-major z.T = b z.T + a y.T x.T
+    _xgemm(ta, tb, N, M, K, a, y, lda, x, ldb, b, z, N)
+    return z
+
+
+def _numba_funcify_gemm(op, node, **kwargs):
+    if op.inplace:
+        def gemm(z, a, x, y, b):
+            return nb_gemm(z, a[()], x, y, b[()])
+    else:
+        def gemm(z, a, x, y, b):
+            return nb_gemm(z.copy(), a[()], x, y, b[()])
+    key = hashlib.sha256(f"network3 gemm {op.inplace} {_SOURCE}".encode()).hexdigest()
+    return numba.njit(gemm), key
+
+
+def _numba_funcify_dot22(op, node, **kwargs):
+    def dot22(x, y):
+        z = np.empty((x.shape[0], y.shape[1]), dtype=x.dtype)
+        return nb_gemm(z, 1.0, x, y, 0.0)
+    key = hashlib.sha256(f"network3 dot22 {_SOURCE}".encode()).hexdigest()
+    return numba.njit(dot22), key
+
+
+def _numba_funcify_sum_of_squares(op, node, **kwargs):
+    key = hashlib.sha256(f"network3 sum_of_squares {_SOURCE}".encode()).hexdigest()
+    return nb_sum_of_squares, key
+
+
+def register():
+    """Give PyTensor's Numba backend the Gemm Op (it has none) and
+    SumOfSquares."""
+    from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+    register_funcify_and_cache_key(Gemm)(_numba_funcify_gemm)
+    register_funcify_and_cache_key(Dot22)(_numba_funcify_dot22)
+    register_funcify_and_cache_key(SumOfSquares)(_numba_funcify_sum_of_squares)
+
+
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+register()

@@ -1,0 +1,164 @@
+"""network3/rewrites.py: the SGD-step rewrites of the Numba mode.
+
+* the Numba BLAS calls (gemm, dot22, sum of squares) against numpy, on
+  C-ordered, Fortran-ordered, strided and empty operands;
+* each rewrite fires on the graph it is meant for (the compiled graph has
+  the new Op and not the old ones) and gives numpy's numbers;
+* a few SGD steps of a small network on the Numba backend (rewritten)
+  against the C backend (PyTensor's own BLAS rewrites), same seed.
+"""
+
+import numba
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.tensor.blas import Dot22, Gemm
+from pytensor.tensor.math import Dot
+
+import network3
+from network3 import rewrites
+from network3.backend import _mode
+
+rng = np.random.default_rng(0)
+
+
+# Any-layout ("A") array types: one compilation per dtype serves every
+# layout, which nb_gemm tells apart at run time from the strides
+@numba.njit(["f4[:, :](f4[:, :], f8, f4[:, :], f4[:, :], f8)",
+             "f8[:, :](f8[:, :], f8, f8[:, :], f8[:, :], f8)"])
+def _gemm(z, a, x, y, b):
+    return rewrites.nb_gemm(z, a, x, y, b)
+
+
+def _layouts(a):
+    """``a`` as a C-ordered, a Fortran-ordered and a strided array."""
+    wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+    wide[:, ::2] = a
+    return [np.array(a, order="C"), np.array(a, order="F"), wide[:, ::2]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M, K, N", [(5, 3, 4), (1, 7, 6), (6, 1, 1), (4, 0, 3)])
+@pytest.mark.parametrize("b", [0.0, 1.0, 0.9])
+def test_numba_gemm_matches_numpy_on_every_layout(dtype, M, K, N, b):
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    x0 = rng.standard_normal((M, K)).astype(dtype)
+    y0 = rng.standard_normal((K, N)).astype(dtype)
+    z0 = rng.standard_normal((M, N)).astype(dtype)
+    expected = b * z0.astype(float) - 0.5 * (x0.astype(float) @ y0.astype(float))
+    for x in _layouts(x0):
+        for y in _layouts(y0):
+            for z in _layouts(z0):  # fresh copies: gemm overwrites z
+                out = _gemm(z, -0.5, x, y, b)
+                np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+                np.testing.assert_allclose(z, expected, rtol=tol, atol=tol)  # in place
+
+
+def test_numba_gemm_ignores_garbage_in_z_when_b_is_0():
+    x, y = np.ones((3, 2), "float32"), np.ones((2, 4), "float32")
+    z = np.full((3, 4), np.nan, "float32")
+    np.testing.assert_array_equal(_gemm(z, 1.0, x, y, 0.0), np.full((3, 4), 2.0))
+
+
+def test_numba_gemm_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shapes"):
+        _gemm(np.zeros((3, 4)), 1.0, np.zeros((3, 2)), np.zeros((3, 4)), 1.0)
+
+
+def _compile(inputs, outputs, **kwargs):
+    return pytensor.function(inputs, outputs, mode=rewrites.numba_mode(), **kwargs)
+
+
+def _ops(fn):
+    return [type(node.op) for node in fn.maker.fgraph.apply_nodes]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sgd_update_becomes_one_inplace_gemm(dtype):
+    """The book's update with L2, w - eta*(dot(x.T, d) + c*w), runs as
+    gemm(w, -eta, x.T, d, 1 - eta*c) in place on the shared w."""
+    w0 = rng.standard_normal((6, 5)).astype(dtype)
+    x0 = rng.standard_normal((4, 6)).astype(dtype)
+    d0 = rng.standard_normal((4, 5)).astype(dtype)
+    w = pytensor.shared(w0.copy(), name="w")
+    x, d = pt.matrix(dtype=dtype), pt.matrix(dtype=dtype)
+    eta, c = pytensor.shared(np.asarray(0.1, dtype)), pytensor.shared(np.asarray(0.01, dtype))
+    cost = (w ** 2).sum()
+    step = _compile([x, d], cost, updates=[(w, w - eta * (pt.dot(x.T, d) + c * w))])
+    gemms = [n.op for n in step.maker.fgraph.apply_nodes if isinstance(n.op, Gemm)]
+    assert gemms and all(op.inplace for op in gemms)
+    assert Dot not in _ops(step)
+    assert rewrites.SumOfSquares in _ops(step)
+    for _ in range(3):
+        expected_cost = (w.get_value().astype(float) ** 2).sum()
+        expected_w = w.get_value() - 0.1 * (x0.T @ d0 + 0.01 * w.get_value())
+        np.testing.assert_allclose(step(x0, d0), expected_cost, rtol=1e-5)
+        np.testing.assert_allclose(w.get_value(), expected_w, rtol=1e-5, atol=1e-6)
+
+
+def test_update_without_l2_and_other_forms_stay_correct():
+    """No decay term; a dot that is not part of an update; a subtraction
+    that is not an SGD step: each gives numpy's numbers."""
+    w0 = rng.standard_normal((3, 4)).astype("float32")
+    w = pytensor.shared(w0.copy())
+    x, d = pt.matrix(dtype="float32"), pt.matrix(dtype="float32")
+    x0 = rng.standard_normal((2, 3)).astype("float32")
+    d0 = rng.standard_normal((2, 4)).astype("float32")
+    f = _compile([x, d], [pt.dot(x, w), w - x.sum() * w],
+                 updates=[(w, w - 0.5 * pt.dot(x.T, d))])
+    product, not_a_step = f(x0, d0)
+    np.testing.assert_allclose(product, x0 @ w0, rtol=1e-5)
+    np.testing.assert_allclose(not_a_step, w0 - x0.sum() * w0, rtol=1e-5)
+    np.testing.assert_allclose(w.get_value(), w0 - 0.5 * x0.T @ d0, rtol=1e-5, atol=1e-6)
+    assert Dot22 in _ops(f) and Dot not in _ops(f)
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 5), (2, 3, 4, 5)])
+def test_sum_of_squares_on_contiguous_and_strided_tensors(shape):
+    x = pt.tensor(dtype="float32", shape=(None,) * len(shape))
+    f = _compile([x], [(x ** 2).sum(), (x[..., ::2] ** 2).sum()])
+    assert rewrites.SumOfSquares in _ops(f)
+    a = rng.standard_normal(shape).astype("float32")
+    full, strided = f(a)
+    np.testing.assert_allclose(full, (a.astype(float) ** 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(strided, (a[..., ::2].astype(float) ** 2).sum(), rtol=1e-5)
+
+
+def test_sum_of_squares_perform_for_other_backends():
+    x = pt.matrix(dtype="float32")
+    f = pytensor.function([x], rewrites.sum_of_squares(x), mode="FAST_COMPILE")
+    a = rng.standard_normal((3, 4)).astype("float32")
+    np.testing.assert_allclose(f(a), (a.astype(float) ** 2).sum(), rtol=1e-6)
+
+
+def test_numba_mode_is_the_default_backend_mode():
+    mode = _mode("numba")
+    assert (rewrites._REWRITES, 48.5) in mode.provided_optimizer.extra_rewrites
+
+
+def _train(backend, steps=4):
+    network3.set_backend(backend)
+    try:
+        network3.seed(3)
+        net = network3.Network([
+            network3.FullyConnectedLayer(20, 30, activation_fn=network3.ReLU),
+            network3.FullyConnectedLayer(30, 25),
+            network3.SoftmaxLayer(25, 10)], 5)
+        x = rng.random((50, 20), dtype=np.float32) if backend == "numba" else _train.x
+        y = rng.integers(0, 10, 50).astype(np.int32) if backend == "numba" else _train.y
+        _train.x, _train.y = x, y
+        step = net.train_mb_function(pytensor.shared(x), pytensor.shared(y), 0.5, 2.0, 10)
+        costs = [float(step(i)) for i in range(steps)]
+        return costs, [p.get_value() for p in net.params], step
+    finally:
+        network3.set_backend(None)
+
+
+def test_sgd_steps_match_the_c_backend():
+    costs, params, step = _train("numba")
+    assert sum(isinstance(n.op, Gemm) for n in step.maker.fgraph.apply_nodes) == 3
+    c_costs, c_params, _ = _train("c")
+    np.testing.assert_allclose(costs, c_costs, rtol=1e-5)
+    for p, q in zip(params, c_params):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-6)
