@@ -7,7 +7,9 @@ measurement:
 * first-call time: building the graph, compiling it and the first SGD step
   (Numba compiles on the first call; its on-disk cache makes later runs fast),
 * the per-epoch training time: ``--steps`` SGD steps timed after a warm-up,
-  extrapolated to the 5,000 mini-batches of an epoch of 50,000 images,
+  extrapolated to the 5,000 mini-batches of an epoch of 50,000 images; the
+  fastest of ``--repeats`` runs, interleaved with PyTorch's runs so that both
+  meet the same load on a shared machine,
 * peak memory (max RSS of the process),
 
 and the same networks in PyTorch (CPU, eager, the book's semantics: plain
@@ -204,6 +206,11 @@ def measure(framework, net, steps, backend=None, threads=None, cache=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _fastest(runs):
+    ok = [r for r in runs if "error" not in r]
+    return min(ok, key=lambda r: r["epoch_s"]) if ok else runs[0]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nets", nargs="+", default=["shallow", "dbl_conv",
@@ -211,6 +218,9 @@ def main():
                         choices=NETS)
     parser.add_argument("--steps", type=int, default=500,
                         help="timed SGD steps per measurement (after 100 warm-up)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="timed runs of each framework, interleaved; the "
+                        "fastest counts (the machine is shared and noisy)")
     parser.add_argument("--backend", default="numba",
                         help="network3 backend: numba, jax or c")
     parser.add_argument("--torch-threads", type=int, default=0,
@@ -231,7 +241,8 @@ def main():
     except ImportError:
         have_torch = None
     print(f"# {os.cpu_count()} cores; mini-batch {MINI_BATCH}, float32; "
-          f"{args.steps} timed steps, per epoch = x {STEPS_PER_EPOCH}; "
+          f"{args.steps} timed steps, per epoch = x {STEPS_PER_EPOCH}, fastest "
+          f"of {args.repeats} runs each; "
           f"network3 backend {args.backend}; "
           f"{have_torch or 'torch not installed: no baseline'}")
     print("| net | network3 s/epoch | first call, cold cache s | first call, "
@@ -241,8 +252,17 @@ def main():
         # the first run fills an empty compile cache; the second reuses it
         cache = tempfile.mkdtemp(prefix="network3-bench-")
         cold = measure("network3", net, 10, args.backend, cache=cache)
-        warm = measure("network3", net, args.steps, args.backend, cache=cache)
+        runs, torch_runs = [], []
+        for _ in range(args.repeats):  # interleaved: both meet the same noise
+            runs.append(measure("network3", net, args.steps, args.backend, cache=cache))
+            if have_torch:
+                # PyTorch's best of one thread and its default (on a busy
+                # 2-core machine its default thread pool can be several
+                # times slower)
+                torch_runs += [measure("torch", net, args.steps, threads=t) for t in
+                               ([args.torch_threads] if args.torch_threads else [1, 0])]
         shutil.rmtree(cache, ignore_errors=True)
+        warm = _fastest(runs)
         row = [net]
         if "error" in warm:
             row += [warm["error"], "", "", ""]
@@ -250,12 +270,7 @@ def main():
             row += [f"{warm['epoch_s']:.1f}", f"{cold['first_call_s']:.1f}",
                     f"{warm['first_call_s']:.1f}", f"{warm['peak_mb']:.0f}"]
         if have_torch:
-            # PyTorch's best of one thread and its default (on a busy 2-core
-            # machine its default thread pool can be several times slower)
-            tries = [measure("torch", net, args.steps, threads=t)
-                     for t in ([args.torch_threads] if args.torch_threads else [1, 0])]
-            ok = [t for t in tries if "error" not in t]
-            ref = min(ok, key=lambda t: t["epoch_s"]) if ok else tries[0]
+            ref = _fastest(torch_runs)
             if "error" in ref or "error" in warm:
                 row += [ref.get("error", f"{ref.get('epoch_s', 0):.1f}"), "", ""]
             else:
