@@ -28,6 +28,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
 
@@ -386,32 +387,58 @@ def _flip(t):
     return ord("t") if t == ord("n") else ord("n")
 
 
+@intrinsic
+def _any_layout(typingctx, x):
+    """Array x, typed as an array of any layout (the same data)."""
+    def codegen(context, builder, signature, args):
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+    return x.copy(layout="A")(x), codegen
+
+
 @numba.njit(inline="always")
 def nb_gemm(z, a, x, y, b):
-    """z <- b * z + a * (x @ y), in place; one BLAS call when z, x and y
-    are each C- or F-contiguous (transposed views included), else numpy
-    arithmetic on contiguous copies."""
+    """z <- b * z + a * (x @ y), in place: one BLAS call.  z, x and y may
+    each be C- or F-ordered (transposed views included); other layouts are
+    copied first.  The arrays are passed on as of any layout, so that one
+    compilation of ``_gemm`` (per dtype) serves every node."""
+    _gemm(_any_layout(z), float(a), _any_layout(x), _any_layout(y), float(b))
+    return z
+
+
+@numba.njit
+def _gemm(z, a, x, y, b):
     M, N = z.shape
     K = x.shape[1]
     if x.shape[0] != M or y.shape[0] != K or y.shape[1] != N:
         raise ValueError("gemm: shapes of z, x and y do not match")
     if M == 0 or N == 0:
         return z
-    tz, _ = _layout(z, M, N)
-    ty, ldy = _layout(y, K, N)
-    tx, ldx = _layout(x, M, K)
-    if K == 0 or tz == 0 or ty == 0 or tx == 0:
-        product = np.dot(np.ascontiguousarray(x), np.ascontiguousarray(y))
-        if b == 0:  # BLAS's convention: z is not read when b is 0
-            z[...] = a * product
+    if K == 0:  # BLAS's convention: z is not read when b is 0
+        if b == 0:
+            z[...] = 0
         else:
-            z[...] = b * z + a * product
+            z *= b
         return z
+    out = z
+    tz, _ = _layout(z, M, N)
+    if tz == 0:  # compute into a contiguous copy, written back below
+        out = np.ascontiguousarray(z)
+        tz, _ = _layout(out, M, N)
+    ty, ldy = _layout(y, K, N)
+    if ty == 0:
+        y = np.ascontiguousarray(y)
+        ty, ldy = _layout(y, K, N)
+    tx, ldx = _layout(x, M, K)
+    if tx == 0:
+        x = np.ascontiguousarray(x)
+        tx, ldx = _layout(x, M, K)
     if tz == ord("n"):
         # row-major z = b z + a x y is column-major z.T = b z.T + a y.T x.T
-        _xgemm(ty, tx, N, M, K, a, y, ldy, x, ldx, b, z, N)
+        _xgemm(ty, tx, N, M, K, a, y, ldy, x, ldx, b, out, N)
     else:  # an F-ordered z is column-major already: each operand flips
-        _xgemm(_flip(tx), _flip(ty), M, N, K, a, x, ldx, y, ldy, b, z, M)
+        _xgemm(_flip(tx), _flip(ty), M, N, K, a, x, ldx, y, ldy, b, out, M)
+    if out.ctypes.data != z.ctypes.data:
+        z[...] = out
     return z
 
 
