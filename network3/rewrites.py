@@ -184,42 +184,54 @@ def numba_mode():
 
 
 #### Numba implementations (the arithmetic is in kernels.py)
+# One jitted function per Op, shared by all its nodes (Numba compiles it
+# once per combination of argument types, not once per node).
+@numba.njit
+def _gemm_inplace(z, a, x, y, b):
+    return nb_gemm(z, a[()], x, y, b[()])
+
+
+@numba.njit
+def _gemm_copy(z, a, x, y, b):
+    return nb_gemm(z.copy(), a[()], x, y, b[()])
+
+
+@numba.njit
+def _nb_dot22(x, y):
+    M, N = x.shape[0], y.shape[1]
+    # the result in y's order: BLAS then reads the larger operand (the
+    # weights, transposed in the backward pass) in its packing order
+    # (measured, a (10, 1000) by (1000, 1000).T product: 0.51 instead of
+    # 0.76 ms)
+    if y.strides[0] == y.itemsize and y.strides[1] != y.itemsize:
+        z = np.empty((N, M), dtype=x.dtype).T
+    else:
+        z = np.empty((M, N), dtype=x.dtype)
+    return nb_gemm(z, 1.0, x, y, 0.0)
+
+
+def _cache_key(name):
+    return hashlib.sha256(
+        f"network3 {name} {kernels._NUMPY_CBLAS} {_SOURCE}".encode()).hexdigest()
+
+
 def _numba_funcify_gemm(op, node, **kwargs):
     if op.inplace:
-        def gemm(z, a, x, y, b):
-            return nb_gemm(z, a[()], x, y, b[()])
-    else:
-        def gemm(z, a, x, y, b):
-            return nb_gemm(z.copy(), a[()], x, y, b[()])
-    key = f"network3 gemm {op.inplace} {kernels._NUMPY_CBLAS} {_SOURCE}"
-    key = hashlib.sha256(key.encode()).hexdigest()
-    return numba.njit(gemm), key
+        return _gemm_inplace, _cache_key("gemm_inplace")
+    return _gemm_copy, _cache_key("gemm")
 
 
 def _numba_funcify_dot22(op, node, **kwargs):
-    def dot22(x, y):
-        M, N = x.shape[0], y.shape[1]
-        # the result in y's order: BLAS then reads the larger operand (the
-        # weights, transposed in the backward pass) in its packing order
-        # (measured, a (10, 1000) by (1000, 1000).T product: 0.51 instead
-        # of 0.76 ms)
-        if y.strides[0] == y.itemsize and y.strides[1] != y.itemsize:
-            z = np.empty((N, M), dtype=x.dtype).T
-        else:
-            z = np.empty((M, N), dtype=x.dtype)
-        return nb_gemm(z, 1.0, x, y, 0.0)
-    key = hashlib.sha256(f"network3 dot22 {kernels._NUMPY_CBLAS} {_SOURCE}".encode()).hexdigest()
-    return numba.njit(dot22), key
+    return _nb_dot22, _cache_key("dot22")
 
 
 def _numba_funcify_sum_of_squares(op, node, **kwargs):
-    key = hashlib.sha256(f"network3 sum_of_squares {_SOURCE}".encode()).hexdigest()
-    return nb_sum_of_squares, key
+    return nb_sum_of_squares, _cache_key("sum_of_squares")
 
 
 def register():
-    """Give PyTensor's Numba backend the Gemm Op (it has none) and
-    SumOfSquares."""
+    """Give PyTensor's Numba backend the Gemm and Dot22 Ops (it has
+    neither) and SumOfSquares."""
     from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
     register_funcify_and_cache_key(Gemm)(_numba_funcify_gemm)
     register_funcify_and_cache_key(Dot22)(_numba_funcify_dot22)

@@ -162,3 +162,28 @@ def test_sgd_steps_match_the_c_backend():
     np.testing.assert_allclose(costs, c_costs, rtol=1e-5)
     for p, q in zip(params, c_params):
         np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_numba_gemm_through_numbas_own_blas_binding():
+    """Where numpy's OpenBLAS is not found (other platforms), nb_gemm calls
+    BLAS through Numba's binding (SciPy's BLAS): same numbers."""
+    import subprocess
+    import sys
+    code = """
+import numba, numpy as np
+import network3.kernels as k
+k._NUMPY_CBLAS = None
+f = numba.njit(lambda z, a, x, y, b: k.nb_gemm(z, a, x, y, b))
+r = np.random.default_rng(1)
+for dtype in ("float32", "float64"):
+    x = r.standard_normal((7, 3)).astype(dtype)
+    y = r.standard_normal((4, 3)).astype(dtype).T
+    z = r.standard_normal((7, 4)).astype(dtype)
+    expected = 0.5 * z + 2.0 * (x @ y)
+    out = f(z, 2.0, x, y, 0.5)
+    assert np.allclose(out, expected, rtol=1e-5), (out, expected)
+    assert np.allclose(z, expected, rtol=1e-5)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
