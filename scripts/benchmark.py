@@ -240,10 +240,12 @@ def main():
         have_torch = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         have_torch = None
+    from network3 import kernels
+    blas = kernels._NUMPY_CBLAS or "SciPy's, through Numba"
     print(f"# {os.cpu_count()} cores; mini-batch {MINI_BATCH}, float32; "
           f"{args.steps} timed steps, per epoch = x {STEPS_PER_EPOCH}, fastest "
           f"of {args.repeats} runs each; "
-          f"network3 backend {args.backend}; "
+          f"network3 backend {args.backend} (its products: {blas}); "
           f"{have_torch or 'torch not installed: no baseline'}")
     print("| net | network3 s/epoch | first call, cold cache s | first call, "
           "cached s | peak MB | PyTorch s/epoch | PyTorch peak MB | speed-up |")
