@@ -240,8 +240,12 @@ def main():
         have_torch = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         have_torch = None
-    from network3 import kernels
-    blas = kernels._NUMPY_CBLAS or "SciPy's, through Numba"
+    # asked of a child process: importing network3 here would raise the peak
+    # memory that the measuring processes inherit
+    blas = subprocess.run(
+        [sys.executable, "-c", "from network3 import kernels; "
+         "print(kernels._NUMPY_CBLAS or \"SciPy's, through Numba\")"],
+        capture_output=True, text=True).stdout.strip() or "unknown"
     print(f"# {os.cpu_count()} cores; mini-batch {MINI_BATCH}, float32; "
           f"{args.steps} timed steps, per epoch = x {STEPS_PER_EPOCH}, fastest "
           f"of {args.repeats} runs each; "
