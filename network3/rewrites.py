@@ -129,7 +129,10 @@ def local_sgd_step_to_gemm(fgraph, node):
 class SumOfSquares(Op):
     """sum(x**2) over all of x, in x's dtype: one BLAS dot of x with itself
     (the rewrite below puts it in the graph after the gradients are built,
-    so it needs no gradient of its own)."""
+    so it needs no gradient of its own).  BLAS accumulates in x's dtype
+    where PyTensor's float32 sum accumulated in float64: the cost that
+    ``train_mb`` reports may differ in its 6th or 7th digit; the gradient
+    and the updates are unchanged."""
 
     __props__ = ()
 
