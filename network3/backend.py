@@ -117,7 +117,7 @@ def _gpu_requested():
 
 
 def _mode(name):
-    if name == "numba":  # PyTensor's Numba mode, plus two rewrites of the SGD step
+    if name == "numba":  # PyTensor's Numba mode plus rewrites.py's
         from .rewrites import numba_mode
         return numba_mode()
     if name == "c":

@@ -6,12 +6,11 @@ the convolution's output, g* gradients, (ph, pw) the pooling window.
 * numpy (the Ops' ``perform``: the C backend and the Python VM);
 * Numba (PyTensor's default backend): im2col and BLAS matrix products (one
   per image or one per batch, see ``PER_IMAGE_MIN_PIXELS``), plain loops for
-  pooling.  Each kernel
-  takes its array sizes as arguments and is inlined into a small wrapper
-  made for each node of the graph, with the node's static shapes as
-  constants: with every loop bound known, LLVM unrolls and vectorises the
-  loops (measured: im2col 2x, pooling 7x and its gradient 10x faster than
-  the same loops over run-time sizes);
+  pooling.  Each kernel takes its array sizes as arguments and is inlined
+  into a small wrapper made for each node of the graph, with the node's
+  static shapes as constants: with every loop bound known, LLVM unrolls and
+  vectorises the loops (measured: im2col 2x, pooling 7x and its gradient
+  10x faster than the same loops over run-time sizes);
 * jax.numpy (the JAX backend), registered when jax is installed;
 * BLAS for Numba: ``nb_gemm`` (z <- b z + a x y in place, with any operand
   layout, which Numba's np.dot cannot do) and ``nb_sum_of_squares``, used by
@@ -139,8 +138,8 @@ def nb_im2col_per_image(x, B, C, H, W, kh, kw):
 # product per image, written straight into the (B, F, oh, ow) layout; small
 # ones (its second layer, 8 x 8) one product for the batch, whose result is
 # then transposed.  Measured on the book's layers (forward, weight gradient,
-# ms): first layer 0.16, 0.19 batch vs 0.09, 0.10 per image; second layer
-# 0.38, 0.37 batch vs 0.41, 0.43 per image.
+# ms; scripts/bench_products.py): first layer 0.12, 0.16 per batch vs 0.07,
+# 0.10 per image; second layer 0.27, 0.31 per batch vs 0.35, 0.35 per image.
 PER_IMAGE_MIN_PIXELS = 256
 
 
@@ -168,7 +167,7 @@ def nb_conv2d(x, w, B, C, H, W, F, kh, kw):
     else:
         cols = nb_im2col(x, B, C, H, W, kh, kw)
         z = np.empty((F, B * oh * ow), cols.dtype)      # (F, B*oh*ow)
-        nb_gemm(z, 1.0, kernels, cols, 0.0)  # numpy's BLAS: 0.24 vs 0.32 ms here
+        nb_gemm(z, 1.0, kernels, cols, 0.0)  # numpy's BLAS (see _numpy_cblas)
         z = z.reshape(F, B, oh * ow)
         for b in range(B):
             for f in range(F):
@@ -200,11 +199,9 @@ def nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow):
     if oh * ow >= PER_IMAGE_MIN_PIXELS:  # the sum over images of gz[b] @ cols[b].T
         cols = nb_im2col_per_image(x, B, C, H, W, kh, kw)
         gz = np.ascontiguousarray(gz).reshape(B, F, oh * ow)
-        gw = np.zeros((F, C * kh * kw), cols.dtype)
-        term = np.empty((F, C * kh * kw), cols.dtype)
-        for b in range(B):
-            np.dot(gz[b], cols[b].T, term)  # BLAS reads the transpose in place
-            gw += term
+        gw = np.empty((F, C * kh * kw), cols.dtype)
+        for b in range(B):  # gw <- gw + gz[b] @ cols[b].T, the first time gw <- ...
+            nb_gemm(gw, 1.0, gz[b], cols[b].T, 1.0 if b else 0.0)
     else:  # (F, B*oh*ow) @ (B*oh*ow, C*kh*kw)
         gw = np.dot(nb_filter_major(gz, B, F, oh, ow),
                     nb_im2col(x, B, C, H, W, kh, kw).T)
@@ -260,8 +257,8 @@ def _numpy_cblas():
 
     Why: Numba's BLAS binding goes through SciPy's OpenBLAS, and the two
     wheels bundle different builds.  Measured here (numpy's 0.3.31, SciPy's
-    0.3.30), a (10, 1000) by (1000, 1000) product took 0.47 ms through
-    numpy's and 0.74 ms through SciPy's."""
+    0.3.30), a (10, 1000) by (1000, 1000) product took 0.45 ms through
+    numpy's and 0.67 ms through SciPy's (scripts/bench_products.py)."""
     import ctypes
 
     import llvmlite.binding as llvm
