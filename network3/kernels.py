@@ -179,7 +179,8 @@ def nb_conv2d(x, w, B, C, H, W, F, kh, kw):
 @inline
 def nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw):
     kernels = np.ascontiguousarray(w).reshape(F, C * kh * kw)
-    gcols = np.dot(kernels.T, nb_filter_major(gz, B, F, oh, ow))
+    gcols = np.empty((C * kh * kw, B * oh * ow), gz.dtype)
+    nb_gemm(gcols, 1.0, kernels.T, nb_filter_major(gz, B, F, oh, ow), 0.0)
     gcols = gcols.reshape(C, kh, kw, B, oh, ow)
     gx = np.zeros((B, C, oh + kh - 1, ow + kw - 1), gcols.dtype)
     for c in range(C):                            # col2im
@@ -398,7 +399,7 @@ def nb_gemm(z, a, x, y, b):
     each be C- or F-ordered (transposed views included); other layouts are
     copied first.  The arrays are passed on as of any layout, so that one
     compilation of ``_gemm`` (per dtype) serves every node."""
-    _gemm(_any_layout(z), float(a), _any_layout(x), _any_layout(y), float(b))
+    _gemm(_any_layout(z), np.float64(a), _any_layout(x), _any_layout(y), np.float64(b))
     return z
 
 
@@ -435,8 +436,92 @@ def _gemm(z, a, x, y, b):
     else:  # an F-ordered z is column-major already: each operand flips
         _xgemm(_flip(tx), _flip(ty), M, N, K, a, x, ldx, y, ldy, b, out, M)
     if out.ctypes.data != z.ctypes.data:
-        z[...] = out
+        # a loop, not z[...] = out: Numba would compile a shape-mismatch
+        # error message for that (about 2 s of a first run's compile)
+        for i in range(M):
+            for j in range(N):
+                z[i, j] = out[i, j]
     return z
+
+
+#### The cost's pieces for Numba: softmax over rows, one entry per row
+# Used by rewrites.py's RowSoftmax, TakeRows and PutRows.  PyTensor's own
+# versions compile to several nested functions each (Softmax is a small
+# graph of max, exp, sum and divide; the label pick is general advanced
+# indexing); these are one loop nest each.
+def softmax_rows(x, log=False):
+    """numpy: (log-)softmax of each row of the matrix x."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True, dtype=np.float64)
+    out = shifted - np.log(s) if log else e / s
+    return out.astype(x.dtype)
+
+
+@numba.njit
+def nb_softmax_rows(x, log):
+    """As ``softmax_rows``: the maximum, then exp(x - max) summed in
+    float64, as PyTensor's graph does."""
+    N, K = x.shape
+    out = np.empty((N, K), x.dtype)
+    for i in range(N):
+        m = x[i, 0]
+        for j in range(1, K):
+            m = max(m, x[i, j])
+        s = 0.0
+        for j in range(K):
+            e = np.exp(x[i, j] - m)
+            out[i, j] = e
+            s += e
+        if log:
+            log_s = np.log(s)
+            for j in range(K):
+                out[i, j] = (x[i, j] - m) - log_s
+        else:
+            for j in range(K):
+                out[i, j] = out[i, j] / s
+    return out
+
+
+@numba.njit
+def nb_take_rows(x, labels):
+    """out[i] = x[i, labels[i]]: the book's log(p)[arange(n), y]."""
+    N, K = x.shape
+    out = np.empty(N, x.dtype)
+    for i in range(N):
+        j = labels[i]
+        if j < 0 or j >= K:
+            raise IndexError("a label is out of range for the output layer")
+        out[i] = x[i, j]
+    return out
+
+
+@numba.njit
+def nb_put_rows(g, labels, K):
+    """The gradient of ``nb_take_rows``: zeros, with g[i] at (i, labels[i])."""
+    N = g.shape[0]
+    out = np.zeros((N, K), g.dtype)
+    for i in range(N):
+        j = labels[i]
+        if j < 0 or j >= K:
+            raise IndexError("a label is out of range for the output layer")
+        out[i, j] = g[i]
+    return out
+
+
+@numba.njit
+def nb_sum_keep(x):
+    """Sums of the (A, J, C) array x over its first and last axes, in
+    float64: out[j] = sum over a, c of x[a, j, c]."""
+    A, J, C = x.shape
+    out = np.zeros(J, np.float64)
+    for a in range(A):
+        for j in range(J):
+            s = 0.0
+            for c in range(C):
+                s += x[a, j, c]
+            out[j] += s
+    return out
 
 
 def _numba_wrapper(node, op):

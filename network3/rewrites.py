@@ -1,5 +1,6 @@
-"""rewrites.py: three graph rewrites that make the book's SGD step cheaper
-on PyTensor's Numba backend without changing what it computes.
+"""rewrites.py: graph rewrites that make the book's SGD step cheaper on
+PyTensor's Numba backend, to run or to compile, without changing what it
+computes.
 
 The book's update of a weight matrix, with the L2 term, is
 
@@ -28,7 +29,27 @@ module gives them one (``kernels.nb_gemm``: one BLAS call, any operand
 layout).  With them and ``kernels._numpy_cblas``, ``scripts/benchmark.py``'s
 double_fc_dropout network went from 37.3 to 22.0 s an epoch.
 
-``numba_mode`` is PyTensor's Numba mode with the three added; nothing is
+Five more are for the compile time of a first run.  Numba compiles every
+node of the graph into a function of its own (and PyTensor's versions of
+some nodes into several nested ones, with their error messages), then links
+them all into one function and optimises the whole once more;
+``scripts/compile_profile.py`` shows which node costs what.  Each of these
+replaces PyTensor's version of a node of the book's graph with one loop
+nest, same arithmetic:
+
+* ``local_row_softmax``: Softmax and LogSoftmax, each a small inner graph
+  (max, exp, sum, divide), become ``RowSoftmax``;
+* ``local_take_rows`` and ``local_put_rows``: the cost's label pick
+  ``log(p)[arange(n), y]``, general advanced indexing, and its gradient,
+  advanced indexing into an allocated matrix of zeros, become ``TakeRows``
+  and ``PutRows``;
+* ``local_sum_keep``: sums over all axes but one (the bias gradients, the
+  cost's mean) become ``SumKeep``, accumulated in float64 as PyTensor does;
+* ``local_shape_check``: SpecifyShape (the check that a mini-batch has the
+  shape the layers were built for) becomes ``ShapeCheck``, the same check
+  with a fixed message.
+
+``numba_mode`` is PyTensor's Numba mode with these added; nothing is
 registered in PyTensor's global rewrite database.
 """
 
@@ -39,16 +60,29 @@ import numba
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.compile.mode import get_mode
-from pytensor.graph.basic import Apply
+from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.scalar import basic as ps
+from pytensor.tensor.basic import Alloc
 from pytensor.tensor.blas import Dot22, Gemm, _dot22, gemm_no_inplace
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
+from pytensor.tensor.exceptions import NotScalarConstantError
 from pytensor.tensor.math import Dot
+from pytensor.tensor.shape import SpecifyShape
+from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+from pytensor.tensor.type_other import NoneTypeT
 
 from . import kernels
-from .kernels import nb_gemm, nb_sum_of_squares
+from .kernels import (
+    nb_gemm,
+    nb_put_rows,
+    nb_softmax_rows,
+    nb_sum_keep,
+    nb_sum_of_squares,
+    nb_take_rows,
+)
 
 
 #### Rewrites
@@ -173,14 +207,211 @@ def local_dot_to_dot22(fgraph, node):
     return [_dot22(x, y)]
 
 
+#### The cost: softmax and the label pick as one loop nest each
+# Same arithmetic as PyTensor's Ops; the gain is compile time (see the
+# module's docstring).
+class RowSoftmax(Op):
+    """softmax (or, with ``log``, log-softmax) of each row of a matrix."""
+
+    __props__ = ("log",)
+
+    def __init__(self, log):
+        self.log = bool(log)
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        return Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.softmax_rows(inputs[0], self.log)
+
+
+class TakeRows(Op):
+    """x[arange(n), labels]: each row's entry at its label."""
+
+    __props__ = ()
+
+    def make_node(self, x, labels):
+        x, labels = pt.as_tensor_variable(x), pt.as_tensor_variable(labels)
+        return Apply(self, [x, labels], [pt.vector(dtype=x.dtype, shape=x.type.shape[:1])])
+
+    def perform(self, node, inputs, outputs):
+        x, labels = inputs
+        outputs[0][0] = x[np.arange(len(x)), labels]
+
+
+class PutRows(Op):
+    """TakeRows's gradient: an (n, n_classes) matrix of zeros holding g[i]
+    at (i, labels[i])."""
+
+    __props__ = ("n_classes",)
+
+    def __init__(self, n_classes):
+        self.n_classes = int(n_classes)
+
+    def make_node(self, g, labels):
+        g, labels = pt.as_tensor_variable(g), pt.as_tensor_variable(labels)
+        shape = (g.type.shape[0], self.n_classes)
+        return Apply(self, [g, labels], [pt.matrix(dtype=g.dtype, shape=shape)])
+
+    def perform(self, node, inputs, outputs):
+        g, labels = inputs
+        out = np.zeros((len(g), self.n_classes), g.dtype)
+        out[np.arange(len(g)), labels] = g
+        outputs[0][0] = out
+
+
+@node_rewriter([Softmax, LogSoftmax])
+def local_row_softmax(fgraph, node):
+    """softmax(x, axis=1) of a float matrix  ->  RowSoftmax (likewise log)"""
+    (x,) = node.inputs
+    if x.type.ndim != 2 or node.op.axis != (1,) or x.type.dtype not in _FLOATS:
+        return None
+    return [RowSoftmax(log=isinstance(node.op, LogSoftmax))(x)]
+
+
+def _label_pick(x, indices):
+    """The labels if ``x[indices]`` is x[arange(n), labels] for a float
+    matrix x of static height n and an integer vector of labels."""
+    if len(indices) != 2 or x.type.ndim != 2 or x.type.dtype not in _FLOATS:
+        return None
+    rows, labels = indices
+    n = x.type.shape[0]
+    if (n is None or not isinstance(rows, Constant) or rows.data.shape != (n,)
+            or not np.array_equal(rows.data, np.arange(n))):
+        return None
+    if labels.type.ndim != 1 or not labels.type.dtype.startswith(("int", "uint")):
+        return None
+    return labels
+
+
+@node_rewriter([AdvancedSubtensor])
+def local_take_rows(fgraph, node):
+    """x[arange(n), y]  ->  TakeRows(x, y)"""
+    if node.op.idx_list != (0, 1):
+        return None
+    x, *indices = node.inputs
+    labels = _label_pick(x, indices)
+    return None if labels is None else [TakeRows()(x, labels)]
+
+
+@node_rewriter([AdvancedIncSubtensor])
+def local_put_rows(fgraph, node):
+    """inc_subtensor(zeros(n, k)[arange(n), y], g)  ->  PutRows(k)(g, y)"""
+    op = node.op
+    if op.idx_list != (0, 1) or op.set_instead_of_inc:
+        return None
+    zeros, g, *indices = node.inputs
+    labels = _label_pick(zeros, indices)
+    if labels is None or g.type.ndim != 1 or zeros.type.shape[1] is None:
+        return None
+    if not (zeros.owner and isinstance(zeros.owner.op, Alloc)):
+        return None
+    try:
+        if pt.get_underlying_scalar_constant_value(zeros.owner.inputs[0]) != 0:
+            return None
+    except NotScalarConstantError:
+        return None
+    out = PutRows(zeros.type.shape[1])(g.astype(zeros.dtype), labels)
+    return [out]
+
+
+class SumKeep(Op):
+    """The sum of a float tensor over all its axes but ``keep`` (all of
+    them when ``keep`` is None), accumulated in float64, returned in the
+    tensor's dtype: the bias gradients and the cost's mean."""
+
+    __props__ = ("keep",)
+
+    def __init__(self, keep):
+        self.keep = keep
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        shape = () if self.keep is None else (x.type.shape[self.keep],)
+        return Apply(self, [x], [pt.tensor(dtype=x.dtype, shape=shape)])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        axes = tuple(a for a in range(x.ndim) if a != self.keep)
+        outputs[0][0] = np.asarray(x.sum(axis=axes, dtype=np.float64), dtype=x.dtype)
+
+
+@node_rewriter([CAReduce])
+def local_sum_keep(fgraph, node):
+    """sum(x, axes) over all of x's axes but at most one, x a float tensor
+    of static shape  ->  SumKeep(kept axis)(x)"""
+    op = node.op
+    (x,) = node.inputs
+    if not isinstance(op.scalar_op, ps.Add) or x.type.dtype not in _FLOATS:
+        return None
+    if None in x.type.shape or node.outputs[0].type.dtype != x.type.dtype:
+        return None
+    if x.type.dtype == "float32" and op.acc_dtype != "float64":
+        return None
+    axes = range(x.type.ndim) if op.axis is None else op.axis
+    kept = [a for a in range(x.type.ndim) if a not in axes]
+    if len(kept) > 1:
+        return None
+    return [SumKeep(kept[0] if kept else None)(x)]
+
+
+class ShapeCheck(Op):
+    """x itself, after checking that its shape is ``shape`` (None: any
+    length): PyTensor's SpecifyShape with a fixed message, which compiles
+    in a fraction of the time of SpecifyShape's formatted one."""
+
+    __props__ = ("shape",)
+    view_map = {0: [0]}
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        static = tuple(s if s is not None else d for s, d in zip(self.shape, x.type.shape))
+        return Apply(self, [x], [pt.tensor(dtype=x.dtype, shape=static)])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        if not _shape_matches(x.shape, self.shape):
+            raise ValueError(f"expected an array of shape {self.shape}, got {x.shape}")
+        outputs[0][0] = x
+
+
+def _shape_matches(shape, expected):
+    return len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected))
+
+
+@node_rewriter([SpecifyShape])
+def local_shape_check(fgraph, node):
+    """specify_shape(x, shape) with constant lengths  ->  ShapeCheck(shape)(x)"""
+    x, *lengths = node.inputs
+    shape = []
+    for length in lengths:
+        if isinstance(length.type, NoneTypeT):
+            shape.append(None)
+        elif isinstance(length, Constant):
+            shape.append(int(length.data))
+        else:
+            return None
+    return [ShapeCheck(shape)(x)]
+
+
+_FLOATS = ("float32", "float64")
+
+
 # after canonicalisation (the patterns above are its forms), before fusion
 # (49) and PyTensor's InplaceBlasOpt (50.2), which makes the gemm in-place
 _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
+                         local_row_softmax, local_take_rows, local_put_rows, local_sum_keep,
+                         local_shape_check,
                          name="network3_sgd_rewrites")
 
 
 def numba_mode():
-    """PyTensor's Numba mode with this module's three rewrites."""
+    """PyTensor's Numba mode with this module's rewrites."""
     return get_mode("NUMBA").register((_REWRITES, 48.5))
 
 
@@ -230,13 +461,84 @@ def _numba_funcify_sum_of_squares(op, node, **kwargs):
     return nb_sum_of_squares, _cache_key("sum_of_squares")
 
 
+@numba.njit
+def _nb_softmax(x):
+    return nb_softmax_rows(x, False)
+
+
+@numba.njit
+def _nb_log_softmax(x):
+    return nb_softmax_rows(x, True)
+
+
+def _numba_funcify_row_softmax(op, node, **kwargs):
+    if op.log:
+        return _nb_log_softmax, _cache_key("log_softmax")
+    return _nb_softmax, _cache_key("softmax")
+
+
+def _numba_funcify_take_rows(op, node, **kwargs):
+    return nb_take_rows, _cache_key("take_rows")
+
+
+def _numba_funcify_sum_keep(op, node, **kwargs):
+    shape = node.inputs[0].type.shape
+    k = op.keep
+    if k is None:
+        size = int(np.prod(shape))
+
+        @numba.njit
+        def sum_all(x):
+            out = np.empty(1, x.dtype)
+            out[0] = nb_sum_keep(np.ascontiguousarray(x).reshape(1, 1, size))[0]
+            return np.asarray(out[0])
+        return sum_all, _cache_key(f"sum_all {size}")
+    A, J, C = int(np.prod(shape[:k])), shape[k], int(np.prod(shape[k + 1:]))
+
+    @numba.njit
+    def sum_keep(x):
+        sums = nb_sum_keep(np.ascontiguousarray(x).reshape(A, J, C))
+        out = np.empty(J, x.dtype)
+        for j in range(J):
+            out[j] = sums[j]
+        return out
+    return sum_keep, _cache_key(f"sum_keep {A} {J} {C}")
+
+
+def _numba_funcify_shape_check(op, node, **kwargs):
+    expected = tuple(-1 if length is None else length for length in op.shape)
+    message = f"expected an array of shape {op.shape}"
+
+    @numba.njit
+    def shape_check(x):
+        for axis in range(len(expected)):
+            if expected[axis] >= 0 and x.shape[axis] != expected[axis]:
+                raise ValueError(message)
+        return x
+    return shape_check, _cache_key(f"shape_check {expected}")
+
+
+def _numba_funcify_put_rows(op, node, **kwargs):
+    n_classes = op.n_classes
+
+    @numba.njit
+    def put_rows(g, labels):
+        return nb_put_rows(g, labels, n_classes)
+    return put_rows, _cache_key(f"put_rows {n_classes}")
+
+
 def register():
     """Give PyTensor's Numba backend the Gemm and Dot22 Ops (it has
-    neither) and SumOfSquares."""
+    neither) and this module's Ops."""
     from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
     register_funcify_and_cache_key(Gemm)(_numba_funcify_gemm)
     register_funcify_and_cache_key(Dot22)(_numba_funcify_dot22)
     register_funcify_and_cache_key(SumOfSquares)(_numba_funcify_sum_of_squares)
+    register_funcify_and_cache_key(RowSoftmax)(_numba_funcify_row_softmax)
+    register_funcify_and_cache_key(TakeRows)(_numba_funcify_take_rows)
+    register_funcify_and_cache_key(PutRows)(_numba_funcify_put_rows)
+    register_funcify_and_cache_key(SumKeep)(_numba_funcify_sum_keep)
+    register_funcify_and_cache_key(ShapeCheck)(_numba_funcify_shape_check)
 
 
 # the cache keys: this file and kernels.py, so that editing either never

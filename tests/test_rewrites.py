@@ -4,6 +4,9 @@
   C-ordered, Fortran-ordered, strided and empty operands;
 * each rewrite fires on the graph it is meant for (the compiled graph has
   the new Op and not the old ones) and gives numpy's numbers;
+* softmax, log-softmax and the book's label pick log(p)[arange(n), y] (and
+  its gradient), the sums over all axes but one and the shape checks, as one
+  loop nest each, against scipy and numpy;
 * a few SGD steps of a small network on the Numba backend (rewritten)
   against the C backend (PyTensor's own BLAS rewrites), same seed.
 """
@@ -130,6 +133,138 @@ def test_sum_of_squares_perform_for_other_backends():
     f = pytensor.function([x], rewrites.sum_of_squares(x), mode="FAST_COMPILE")
     a = rng.standard_normal((3, 4)).astype("float32")
     np.testing.assert_allclose(f(a), (a.astype(float) ** 2).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_rows_match_scipy(dtype):
+    from scipy.special import log_softmax, softmax
+    x = pt.matrix(dtype=dtype)
+    f = _compile([x], [pt.special.softmax(x, axis=1), pt.special.log_softmax(x, axis=1)])
+    assert rewrites.RowSoftmax in _ops(f)
+    a = rng.standard_normal((6, 10)).astype(dtype)
+    a[0] += 1000.0  # large logits: the maximum is subtracted first
+    a[1, 3] = -1000.0
+    tol = 1e-6 if dtype == "float32" else 1e-13
+    p, log_p = f(a)
+    np.testing.assert_allclose(p, softmax(a.astype(float), axis=1), rtol=tol, atol=tol)
+    np.testing.assert_allclose(log_p, log_softmax(a.astype(float), axis=1),
+                               rtol=tol, atol=tol * 1000)
+    assert p.dtype == log_p.dtype == dtype
+
+
+def _book_cost(n, k):
+    """The book's cost, -mean(log(softmax(z))[arange(n), y]), and its
+    gradient with respect to z."""
+    z, y = pt.matrix(dtype="float32", shape=(n, k)), pt.ivector()
+    cost = -pt.mean(pt.log(pt.special.softmax(z, axis=1))[pt.arange(n), y])
+    return _compile([z, y], [cost, pytensor.grad(cost, z)])
+
+
+def test_label_pick_and_its_gradient_match_numpy():
+    f = _book_cost(5, 4)
+    ops = _ops(f)
+    assert rewrites.TakeRows in ops and rewrites.PutRows in ops
+    from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+    assert AdvancedSubtensor not in ops and AdvancedIncSubtensor not in ops
+    z = rng.standard_normal((5, 4)).astype("float32")
+    y = np.array([0, 3, 3, 1, 2], "int32")
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    cost, grad = f(z, y)
+    np.testing.assert_allclose(cost, -np.log(p[np.arange(5), y]).mean(), rtol=1e-5)
+    np.testing.assert_allclose(grad, (p - np.eye(4)[y]) / 5, rtol=1e-5, atol=1e-7)
+
+
+def test_label_out_of_range_is_an_error():
+    f = _book_cost(3, 4)
+    z = np.zeros((3, 4), "float32")
+    with pytest.raises(IndexError, match="out of range"):
+        f(z, np.array([0, 4, 1], "int32"))
+    with pytest.raises(IndexError, match="out of range"):
+        f(z, np.array([0, -1, 1], "int32"))
+
+
+def test_other_index_patterns_are_left_to_pytensor():
+    """Rows other than arange(n), or a matrix without a static height: not
+    rewritten, same numbers as numpy."""
+    x = pt.matrix(dtype="float32", shape=(3, 4))
+    free = pt.matrix(dtype="float32")
+    y = pt.ivector()
+    f = _compile([x, free, y], [x[[2, 0, 1], y], free[pt.arange(3), y]])
+    assert rewrites.TakeRows not in _ops(f)
+    a = rng.standard_normal((3, 4)).astype("float32")
+    labels = np.array([1, 3, 0], "int32")
+    picked, free_picked = f(a, a, labels)
+    np.testing.assert_array_equal(picked, a[[2, 0, 1], labels])
+    np.testing.assert_array_equal(free_picked, a[np.arange(3), labels])
+
+
+def test_cost_ops_perform_for_other_backends():
+    from scipy.special import log_softmax, softmax
+    x, g, y = pt.matrix(dtype="float32"), pt.vector(dtype="float32"), pt.ivector()
+    f = pytensor.function(
+        [x, g, y], [rewrites.RowSoftmax(False)(x), rewrites.RowSoftmax(True)(x),
+                    rewrites.TakeRows()(x, y), rewrites.PutRows(4)(g, y)],
+        mode="FAST_COMPILE")
+    a = rng.standard_normal((3, 4)).astype("float32")
+    b = np.array([1.0, 2.0, 3.0], "float32")
+    labels = np.array([3, 0, 3], "int32")
+    p, log_p, picked, put = f(a, b, labels)
+    np.testing.assert_allclose(p, softmax(a, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(log_p, log_softmax(a, axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(picked, a[np.arange(3), labels])
+    expected = np.zeros((3, 4), "float32")
+    expected[np.arange(3), labels] = b
+    np.testing.assert_array_equal(put, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, axis", [((10, 100), 0), ((10, 7), 1), ((4, 5, 3, 3), (0, 2, 3)),
+                                         ((7,), None), ((3, 4), None)])
+def test_sums_keeping_one_axis_match_numpy(dtype, shape, axis):
+    from pytensor.tensor.elemwise import CAReduce
+    x = pt.tensor(dtype=dtype, shape=shape)
+    f = _compile([x], [x.sum(axis=axis), x.T.sum(axis=axis if axis is None else 0)])
+    ops = _ops(f)
+    assert rewrites.SumKeep in ops and CAReduce not in ops
+    a = (rng.standard_normal(shape) * 100).astype(dtype)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    total, total_t = f(a)
+    np.testing.assert_allclose(total, a.sum(axis=axis, dtype=float), rtol=tol)
+    np.testing.assert_allclose(total_t, a.T.sum(axis=axis if axis is None else 0, dtype=float),
+                               rtol=tol)
+    assert total.dtype == dtype and total.shape == np.sum(a, axis=axis).shape
+
+
+def test_sums_keeping_two_axes_are_left_to_pytensor():
+    x = pt.tensor(dtype="float32", shape=(3, 4, 5))
+    f = _compile([x], x.sum(axis=0))
+    assert rewrites.SumKeep not in _ops(f)
+    a = rng.standard_normal((3, 4, 5)).astype("float32")
+    np.testing.assert_allclose(f(a), a.sum(axis=0), rtol=1e-6)
+
+
+def test_shape_check_passes_the_right_shape_and_names_the_expected_one():
+    x = pt.matrix(dtype="float32")
+    f = _compile([x], pt.specify_shape(x, (2, None)) * 2)
+    assert rewrites.ShapeCheck in _ops(f)
+    a = np.ones((2, 5), "float32")
+    np.testing.assert_array_equal(f(a), 2 * a)
+    with pytest.raises(ValueError, match=r"expected an array of shape \(2, None\)"):
+        f(np.ones((3, 5), "float32"))
+
+
+def test_sum_and_shape_check_perform_for_other_backends():
+    x = pt.tensor(dtype="float32", shape=(None, None, None))
+    f = pytensor.function([x], [rewrites.SumKeep(1)(x), rewrites.SumKeep(None)(x),
+                                rewrites.ShapeCheck((2, None, 4))(x)], mode="FAST_COMPILE")
+    a = rng.standard_normal((2, 3, 4)).astype("float32")
+    kept, total, same = f(a)
+    np.testing.assert_allclose(kept, a.sum(axis=(0, 2)), rtol=1e-6)
+    np.testing.assert_allclose(total, a.sum(), rtol=1e-5)
+    np.testing.assert_array_equal(same, a)
+    with pytest.raises(ValueError, match="expected an array of shape"):
+        f(np.ones((2, 3, 5), "float32"))
 
 
 def test_numba_mode_is_the_default_backend_mode():
