@@ -524,6 +524,24 @@ def nb_sum_keep(x):
     return out
 
 
+@numba.njit
+def nb_argmax_rows(x):
+    """np.argmax(x, axis=1) of a matrix: the first maximum of each row (the
+    first NaN, if the row has one, as numpy)."""
+    N, K = x.shape
+    out = np.empty(N, np.int64)
+    for i in range(N):
+        best = 0
+        for j in range(K):
+            if np.isnan(x[i, j]):
+                best = j
+                break
+            if x[i, j] > x[i, best]:
+                best = j
+        out[i] = best
+    return out
+
+
 def _numba_wrapper(node, op):
     """A jitted function of the node's inputs that calls the node's kernel
     with the sizes as constants where the graph knows them statically."""

@@ -29,7 +29,7 @@ module gives them one (``kernels.nb_gemm``: one BLAS call, any operand
 layout).  With them and ``kernels._numpy_cblas``, ``scripts/benchmark.py``'s
 double_fc_dropout network went from 37.3 to 22.0 s an epoch.
 
-Five more are for the compile time of a first run.  Numba compiles every
+Six more are for the compile time of a first run.  Numba compiles every
 node of the graph into a function of its own (and PyTensor's versions of
 some nodes into several nested ones, with their error messages), then links
 them all into one function and optimises the whole once more;
@@ -47,7 +47,10 @@ nest, same arithmetic:
   cost's mean) become ``SumKeep``, accumulated in float64 as PyTensor does;
 * ``local_shape_check``: SpecifyShape (the check that a mini-batch has the
   shape the layers were built for) becomes ``ShapeCheck``, the same check
-  with a fixed message.
+  with a fixed message;
+* ``local_row_argmax``: the predicted labels, argmax(p, axis=1), become
+  ``RowArgmax`` (PyTensor's Argmax compiled for 3.8 s here, most of it
+  error-message code; the accuracy functions of ``SGD`` all have one).
 
 ``numba_mode`` is PyTensor's Numba mode with these added; nothing is
 registered in PyTensor's global rewrite database.
@@ -68,7 +71,7 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.blas import Dot22, Gemm, _dot22, gemm_no_inplace
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.exceptions import NotScalarConstantError
-from pytensor.tensor.math import Dot
+from pytensor.tensor.math import Argmax, Dot
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
@@ -76,6 +79,7 @@ from pytensor.tensor.type_other import NoneTypeT
 
 from . import kernels
 from .kernels import (
+    nb_argmax_rows,
     nb_gemm,
     nb_put_rows,
     nb_softmax_rows,
@@ -356,6 +360,30 @@ def local_sum_keep(fgraph, node):
     return [SumKeep(kept[0] if kept else None)(x)]
 
 
+class RowArgmax(Op):
+    """argmax(x, axis=1) of a float matrix: the predicted labels."""
+
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        return Apply(self, [x], [pt.vector(dtype="int64", shape=x.type.shape[:1])])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = np.argmax(inputs[0], axis=1)
+
+
+@node_rewriter([Argmax])
+def local_row_argmax(fgraph, node):
+    """argmax(x, axis=1) of a float matrix  ->  RowArgmax(x)"""
+    x = node.inputs[0]
+    if x.type.ndim != 2 or node.op.axis != (1,) or x.type.dtype not in _FLOATS:
+        return None
+    if node.outputs[0].type.dtype != "int64":
+        return None
+    return [RowArgmax()(x)]
+
+
 class ShapeCheck(Op):
     """x itself, after checking that its shape is ``shape`` (None: any
     length): PyTensor's SpecifyShape with a fixed message, which compiles
@@ -406,7 +434,7 @@ _FLOATS = ("float32", "float64")
 # (49) and PyTensor's InplaceBlasOpt (50.2), which makes the gemm in-place
 _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
                          local_row_softmax, local_take_rows, local_put_rows, local_sum_keep,
-                         local_shape_check,
+                         local_shape_check, local_row_argmax,
                          name="network3_sgd_rewrites")
 
 
@@ -505,6 +533,10 @@ def _numba_funcify_sum_keep(op, node, **kwargs):
     return sum_keep, _cache_key(f"sum_keep {A} {J} {C}")
 
 
+def _numba_funcify_row_argmax(op, node, **kwargs):
+    return nb_argmax_rows, _cache_key("argmax_rows")
+
+
 def _numba_funcify_shape_check(op, node, **kwargs):
     expected = tuple(-1 if length is None else length for length in op.shape)
     message = f"expected an array of shape {op.shape}"
@@ -539,6 +571,7 @@ def register():
     register_funcify_and_cache_key(PutRows)(_numba_funcify_put_rows)
     register_funcify_and_cache_key(SumKeep)(_numba_funcify_sum_keep)
     register_funcify_and_cache_key(ShapeCheck)(_numba_funcify_shape_check)
+    register_funcify_and_cache_key(RowArgmax)(_numba_funcify_row_argmax)
 
 
 # the cache keys: this file and kernels.py, so that editing either never

@@ -5,8 +5,8 @@
 * each rewrite fires on the graph it is meant for (the compiled graph has
   the new Op and not the old ones) and gives numpy's numbers;
 * softmax, log-softmax and the book's label pick log(p)[arange(n), y] (and
-  its gradient), the sums over all axes but one and the shape checks, as one
-  loop nest each, against scipy and numpy;
+  its gradient), the sums over all axes but one, the shape checks and the
+  row argmax, as one loop nest each, against scipy and numpy;
 * a few SGD steps of a small network on the Numba backend (rewritten)
   against the C backend (PyTensor's own BLAS rewrites), same seed.
 """
@@ -265,6 +265,23 @@ def test_sum_and_shape_check_perform_for_other_backends():
     np.testing.assert_array_equal(same, a)
     with pytest.raises(ValueError, match="expected an array of shape"):
         f(np.ones((2, 3, 5), "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_argmax_matches_numpy_with_ties_and_nans(dtype):
+    from pytensor.tensor.math import Argmax
+    x = pt.matrix(dtype=dtype)
+    f = _compile([x], pt.argmax(x, axis=1))
+    ops = _ops(f)
+    assert rewrites.RowArgmax in ops and Argmax not in ops
+    a = rng.standard_normal((6, 5)).astype(dtype)
+    a[1] = [1, 3, 3, 0, 3]            # ties: the first maximum
+    a[2, 2] = np.nan                  # a NaN: numpy returns the first NaN
+    a[3] = [np.nan, 1, np.nan, 2, 0]
+    a[4] = -np.inf
+    np.testing.assert_array_equal(f(a), np.argmax(a, axis=1))
+    free = pytensor.function([x], rewrites.RowArgmax()(x), mode="FAST_COMPILE")
+    np.testing.assert_array_equal(free(a), np.argmax(a, axis=1))
 
 
 def test_numba_mode_is_the_default_backend_mode():
