@@ -14,7 +14,11 @@ the convolution's output, g* gradients, (ph, pw) the pooling window.
 * jax.numpy (the JAX backend), registered when jax is installed;
 * BLAS for Numba: ``nb_gemm`` (z <- b z + a x y in place, with any operand
   layout, which Numba's np.dot cannot do) and ``nb_sum_of_squares``, used by
-  rewrites.py's Ops.
+  rewrites.py's Ops;
+* plain Numba loops for rewrites.py's other Ops (softmax over rows, the
+  cost's label pick and its gradient, sums keeping one axis, argmax over
+  rows): each compiles in a fraction of the time of PyTensor's general
+  version, which is what they are for.
 
 The tests check all three against independent numpy/scipy references and
 against ``ops.conv2d_reference``/``max_pool_2d_reference``.
@@ -444,11 +448,10 @@ def _gemm(z, a, x, y, b):
     return z
 
 
-#### The cost's pieces for Numba: softmax over rows, one entry per row
-# Used by rewrites.py's RowSoftmax, TakeRows and PutRows.  PyTensor's own
-# versions compile to several nested functions each (Softmax is a small
-# graph of max, exp, sum and divide; the label pick is general advanced
-# indexing); these are one loop nest each.
+#### Loops for rewrites.py's Ops: softmax over rows, one entry per row, sums
+# PyTensor's own versions compile to several nested functions each (Softmax
+# is a small graph of max, exp, sum and divide; the label pick is general
+# advanced indexing); these are one loop nest each.
 def softmax_rows(x, log=False):
     """numpy: (log-)softmax of each row of the matrix x."""
     shifted = x - x.max(axis=1, keepdims=True)
