@@ -211,9 +211,9 @@ def local_dot_to_dot22(fgraph, node):
     return [_dot22(x, y)]
 
 
-#### The cost: softmax and the label pick as one loop nest each
-# Same arithmetic as PyTensor's Ops; the gain is compile time (see the
-# module's docstring).
+#### For the compile time: softmax, the label pick, sums, argmax, shape checks
+# One loop nest each, same arithmetic as PyTensor's Ops, which compile to
+# several nested functions each (see the module's docstring).
 class RowSoftmax(Op):
     """softmax (or, with ``log``, log-softmax) of each row of a matrix."""
 
@@ -445,7 +445,8 @@ def numba_mode():
 
 #### Numba implementations (the arithmetic is in kernels.py)
 # One jitted function per Op, shared by all its nodes (Numba compiles it
-# once per combination of argument types, not once per node).
+# once per combination of argument types, not once per node), except where
+# a node's sizes or classes are compiled in as constants.
 @numba.njit
 def _gemm_inplace(z, a, x, y, b):
     return nb_gemm(z, a[()], x, y, b[()])
