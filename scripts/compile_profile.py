@@ -43,17 +43,18 @@ def profile(net):
             seconds = time.perf_counter() - start
             if depth[0] == 0:
                 total[0] += seconds
-            elif depth[0] == 2:  # a node's function, inside PyTensor's cache
-                nodes.append((self.py_func.__name__, seconds))  # wrapper and graph
+            elif depth[0] == 2:  # depth 0: PyTensor's cache wrapper of the
+                # graph function, 1: the graph function, 2: a node's function
+                nodes.append((self.py_func.__name__, seconds))
 
     dispatcher._FunctionCompiler._compile_core = timed
     sys.path.insert(0, os.path.dirname(__file__))
     import benchmark
 
     start = time.perf_counter()
+    # builds and compiles the network, then runs the first step and the
+    # benchmark's 100 warm-up steps (wall_s includes them; numba_s does not)
     benchmark.time_network3(net, steps=1, backend="numba")
-    # time_network3 times 100 warm-up steps after the first: subtract nothing,
-    # report the compile alone
     return {"wall_s": time.perf_counter() - start, "numba_s": total[0], "nodes": nodes}
 
 
