@@ -62,7 +62,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.compile.mode import get_mode
+from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
@@ -87,6 +87,7 @@ from .kernels import (
     nb_sum_of_squares,
     nb_take_rows,
 )
+from .linker import GraphLinker
 
 
 #### Rewrites
@@ -439,8 +440,10 @@ _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot
 
 
 def numba_mode():
-    """PyTensor's Numba mode with this module's rewrites."""
-    return get_mode("NUMBA").register((_REWRITES, 48.5))
+    """PyTensor's Numba mode with this module's rewrites, compiled with
+    linker.py's ``GraphLinker``."""
+    rewrites = get_mode("NUMBA").register((_REWRITES, 48.5)).provided_optimizer
+    return Mode(linker=GraphLinker(), optimizer=rewrites)
 
 
 #### Numba implementations (the arithmetic is in kernels.py)

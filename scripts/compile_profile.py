@@ -2,11 +2,12 @@
 
 Builds one of the benchmark's networks (scripts/benchmark.py) with an empty
 compile cache, in a fresh process, and runs its first SGD step while timing
-every function Numba compiles.  PyTensor's Numba backend compiles one
-function per node of the graph (each calling a few more: Numba's own
-implementations of numpy functions, string formatting for error messages),
-then one function for the whole graph, which links all of them in and
-optimises the lot once more.  The table gives, per kind of node, how many
+every function Numba compiles.  Numba compiles one function per node of the
+graph (each calling a few more: Numba's own implementations of numpy
+functions, string formatting for error messages), then one function for the
+whole graph, which links all of them in and optimises the lot once more
+(network3/linker.py).  Nodes with the same function (the same PyTensor cache
+key) share one compilation.  The table gives, per kind of node, how many
 nodes there are and the seconds their compilation took (everything compiled
 on their behalf included: a helper of Numba's is counted with the first node
 that needs it), and the graph function's own share.
@@ -43,8 +44,8 @@ def profile(net):
             seconds = time.perf_counter() - start
             if depth[0] == 0:
                 total[0] += seconds
-            elif depth[0] == 2:  # depth 0: PyTensor's cache wrapper of the
-                # graph function, 1: the graph function, 2: a node's function
+            elif depth[0] == 1:  # depth 0: the graph function (network3's
+                # linker.py), 1: a node's function, 2 and on: their callees
                 nodes.append((self.py_func.__name__, seconds))
 
     dispatcher._FunctionCompiler._compile_core = timed
