@@ -52,8 +52,18 @@ nest, same arithmetic:
   ``RowArgmax`` (PyTensor's Argmax compiled for 3.8 s here, most of it
   error-message code; the accuracy functions of ``SGD`` all have one).
 
-``numba_mode`` is PyTensor's Numba mode with these added; nothing is
-registered in PyTensor's global rewrite database.
+And one for the step time of sigmoid networks:
+
+* ``local_fast_sigmoid``: float32 sigmoid becomes ``FastSigmoid``, the same
+  function, whose Numba implementation (``kernels.nb_sigmoid``) computes exp
+  with arithmetic that LLVM vectorises instead of one C-library call per
+  number.  Measured on the benchmark's dbl_conv step (throwaway timing of
+  each node): the first layer's sigmoid(pooled + b), 28,800 numbers, went
+  from 0.15 to 0.07 ms, the step from 1.60 to 1.56 ms.
+
+``numba_mode`` is PyTensor's Numba mode with these added, compiled with
+linker.py's ``GraphLinker``; nothing is registered in PyTensor's global
+rewrite database.
 """
 
 import hashlib
@@ -67,6 +77,7 @@ from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.scalar import basic as ps
+from pytensor.scalar import math as ps_math
 from pytensor.tensor.basic import Alloc
 from pytensor.tensor.blas import Dot22, Gemm, _dot22, gemm_no_inplace
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
@@ -82,6 +93,7 @@ from .kernels import (
     nb_argmax_rows,
     nb_gemm,
     nb_put_rows,
+    nb_sigmoid,
     nb_softmax_rows,
     nb_sum_keep,
     nb_sum_of_squares,
@@ -385,6 +397,24 @@ def local_row_argmax(fgraph, node):
     return [RowArgmax()(x)]
 
 
+class FastSigmoid(ps_math.Sigmoid):
+    """PyTensor's scalar logistic sigmoid, same values (``impl``, gradient
+    and C code are PyTensor's); its Numba implementation is
+    ``kernels.nb_sigmoid``, which vectorises."""
+
+
+fast_sigmoid = FastSigmoid(ps.upgrade_to_float, name="sigmoid")
+
+
+@node_rewriter([Elemwise])
+def local_fast_sigmoid(fgraph, node):
+    """sigmoid(x) of a float32 tensor  ->  the same with FastSigmoid (also
+    inside the fused element-wise loops that fusion makes of it later)"""
+    if node.op.scalar_op != ps_math.sigmoid or node.outputs[0].type.dtype != "float32":
+        return None
+    return [Elemwise(fast_sigmoid)(node.inputs[0])]
+
+
 class ShapeCheck(Op):
     """x itself, after checking that its shape is ``shape`` (None: any
     length): PyTensor's SpecifyShape with a fixed message, which compiles
@@ -435,7 +465,7 @@ _FLOATS = ("float32", "float64")
 # (49) and PyTensor's InplaceBlasOpt (50.2), which makes the gemm in-place
 _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
                          local_row_softmax, local_take_rows, local_put_rows, local_sum_keep,
-                         local_shape_check, local_row_argmax,
+                         local_shape_check, local_row_argmax, local_fast_sigmoid,
                          name="network3_sgd_rewrites")
 
 
@@ -537,6 +567,22 @@ def _numba_funcify_sum_keep(op, node, **kwargs):
     return sum_keep, _cache_key(f"sum_keep {A} {J} {C}")
 
 
+@numba.njit
+def _nb_sigmoid(x):
+    return nb_sigmoid(x)
+
+
+@numba.njit
+def _nb_sigmoid_any(x):  # FastSigmoid of another type (the rewrite makes
+    return 1 / (1 + np.exp(-x))  # float32 ones only)
+
+
+def _numba_funcify_fast_sigmoid(op, node, **kwargs):
+    if node.inputs[0].type.dtype == "float32":
+        return _nb_sigmoid, _cache_key("sigmoid")
+    return _nb_sigmoid_any, _cache_key(f"sigmoid {node.inputs[0].type.dtype}")
+
+
 def _numba_funcify_row_argmax(op, node, **kwargs):
     return nb_argmax_rows, _cache_key("argmax_rows")
 
@@ -576,6 +622,7 @@ def register():
     register_funcify_and_cache_key(SumKeep)(_numba_funcify_sum_keep)
     register_funcify_and_cache_key(ShapeCheck)(_numba_funcify_shape_check)
     register_funcify_and_cache_key(RowArgmax)(_numba_funcify_row_argmax)
+    register_funcify_and_cache_key(FastSigmoid)(_numba_funcify_fast_sigmoid)
 
 
 # the cache keys: this file and kernels.py, so that editing either never

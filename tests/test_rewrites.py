@@ -16,6 +16,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+import scipy.special
 from pytensor.tensor.blas import Dot22, Gemm
 from pytensor.tensor.math import Dot
 
@@ -340,3 +341,49 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def _scalar_ops(fn):
+    """The scalar Ops inside the compiled graph's element-wise loops."""
+    found = []
+    for node in fn.maker.fgraph.apply_nodes:
+        scalar = getattr(node.op, "scalar_op", None)
+        inner = getattr(scalar, "fgraph", None)
+        found += [type(n.op) for n in inner.apply_nodes] if inner else [type(scalar)]
+    return found
+
+
+def test_float32_sigmoid_is_within_one_rounding_step_of_the_exact_value():
+    x = pt.vector(dtype="float32")
+    f = _compile([x], pt.sigmoid(x))
+    assert rewrites.FastSigmoid in _scalar_ops(f)
+    a = np.concatenate([np.linspace(-120, 120, 200_001),
+                        [0.0, -0.0, 1e-30, -1e-30, 3e38, -3e38, np.inf, -np.inf]])
+    a = a.astype("float32")
+    exact = scipy.special.expit(a.astype("float64"))
+    out = f(a)
+    assert out.dtype == np.float32
+    ulps = np.abs(out - exact) / np.spacing(exact.astype("float32"))
+    assert ulps.max() <= 1.0, a[np.argmax(ulps)]
+    assert np.isnan(f(np.array([np.nan, 1.0], "float32"))[0])
+
+
+def test_fast_sigmoid_inside_fused_loops_and_its_gradient_match_the_c_backend():
+    x, b = pt.matrix(dtype="float32"), pt.vector(dtype="float32")
+    y = pt.sigmoid(x + b)
+    outputs = [y, pt.grad((y * y).sum(), x)]
+    f = _compile([x, b], outputs)
+    assert rewrites.FastSigmoid in _scalar_ops(f)
+    c = pytensor.function([x, b], outputs, mode="FAST_RUN")
+    a = (rng.standard_normal((7, 13)) * 8).astype("float32")
+    v = rng.standard_normal(13).astype("float32")
+    for ours, theirs in zip(f(a, v), c(a, v)):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7)
+
+
+def test_float64_sigmoid_is_left_to_pytensor():
+    x = pt.vector(dtype="float64")
+    f = _compile([x], pt.sigmoid(x))
+    assert rewrites.FastSigmoid not in _scalar_ops(f)
+    a = np.linspace(-30, 30, 101)
+    np.testing.assert_allclose(f(a), 1 / (1 + np.exp(-a)), rtol=1e-14)
