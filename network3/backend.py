@@ -27,7 +27,8 @@ import pytensor
 
 BACKENDS = ("numba", "jax", "c")
 
-_settings = {"floatX": "float32", "backend": None, "blas_threads": 1}
+_settings = {"floatX": "float32", "backend": None, "blas_threads": 1,
+             "keep_freed_memory": True, "malloc_tuned": False}
 _rng = np.random.default_rng()
 
 
@@ -73,6 +74,44 @@ def blas_threads():
     if n is None:
         return contextlib.nullcontext()
     return threadpool_limits(limits=n, user_api="blas")
+
+
+# ------------------------------------------------------------------ memory
+# A compiled training step allocates its temporaries (a conv layer's
+# im2col columns: 1.3 MB in the book's second layer) and frees them again,
+# thousands of times an epoch.  glibc's malloc hands freed memory at the top
+# of its heap back to the kernel once more than M_TRIM_THRESHOLD of it is
+# free (by default twice the largest block it has recently mmapped), and
+# serves large blocks with a fresh mmap: either way the next step touches
+# new pages, and the kernel zeroes each one (a page fault).  Measured on the
+# benchmark's dbl_conv network with a warm compile cache: 600 page faults
+# and 2.1 ms a step, against 1.5 ms with the settings below, which keep up
+# to 256 MB of freed memory for reuse and take blocks under 64 MB from the
+# heap.  (A fresh compile leaves a fragmented heap that hides the effect.)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(enabled=True):
+    """Whether network3 tunes glibc's malloc, as above, when it compiles a
+    function (on by default; Linux only; a process-wide setting that stays
+    once made).  ``keep_freed_memory(False)`` before building a network
+    leaves malloc alone."""
+    _settings["keep_freed_memory"] = bool(enabled)
+
+
+def _tune_malloc():
+    if not _settings["keep_freed_memory"] or _settings["malloc_tuned"]:
+        return
+    _settings["malloc_tuned"] = True
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc
+    except (OSError, AttributeError):  # another C library: leave it be
+        return
+    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 # ------------------------------------------------------------------ randomness
@@ -143,6 +182,7 @@ def _mode(name):
 def function(inputs, outputs, **kwargs):
     """``pytensor.function`` compiled with network3's chosen backend."""
     name = backend()
+    _tune_malloc()
     if name != "jax":
         return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     with _quiet_jax():

@@ -91,7 +91,10 @@ from pytensor.tensor.type_other import NoneTypeT
 from . import kernels
 from .kernels import (
     nb_argmax_rows,
+    nb_conv2d_cols,
+    nb_conv2d_grad_weights_cols,
     nb_gemm,
+    nb_im2col_groups,
     nb_put_rows,
     nb_sigmoid,
     nb_softmax_rows,
@@ -100,6 +103,7 @@ from .kernels import (
     nb_take_rows,
 )
 from .linker import GraphLinker
+from .ops import Conv2d, Conv2dGradWeights
 
 
 #### Rewrites
@@ -415,6 +419,90 @@ def local_fast_sigmoid(fgraph, node):
     return [Elemwise(fast_sigmoid)(node.inputs[0])]
 
 
+class Im2col(Op):
+    """x -> the columns of ``kernels.im2col_groups``: what a conv layer's
+    forward product and its weight gradient both read."""
+
+    __props__ = ("kh", "kw")
+
+    def __init__(self, kh, kw):
+        self.kh, self.kw = kh, kw
+
+    def make_node(self, x):
+        B, C, H, W = x.type.shape
+        oh, ow = H - self.kh + 1, W - self.kw + 1
+        if oh * ow >= kernels.PER_IMAGE_MIN_PIXELS:
+            shape = (B, C * self.kh * self.kw, oh * ow)
+        else:
+            shape = (1, C * self.kh * self.kw, B * oh * ow)
+        return Apply(self, [x], [pt.tensor(dtype=x.dtype, shape=shape)])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.im2col_groups(inputs[0], self.kh, self.kw)
+
+
+class Conv2dFromCols(Op):
+    """(cols, w) -> ``Conv2d`` of the images whose ``Im2col`` cols is."""
+
+    __props__ = ("x_shape",)
+
+    def __init__(self, x_shape):
+        self.x_shape = tuple(x_shape)
+
+    def make_node(self, cols, w):
+        B, _C, H, W = self.x_shape
+        F, _, kh, kw = w.type.shape
+        z = pt.tensor(dtype=cols.dtype, shape=(B, F, H - kh + 1, W - kw + 1))
+        return Apply(self, [cols, w], [z])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.conv2d_cols(*inputs, self.x_shape).astype(
+            node.outputs[0].dtype)
+
+
+class Conv2dGradWeightsFromCols(Op):
+    """(cols, gz) -> ``Conv2dGradWeights`` of the images whose ``Im2col``
+    cols is."""
+
+    __props__ = ("x_shape",)
+
+    def __init__(self, x_shape):
+        self.x_shape = tuple(x_shape)
+
+    def make_node(self, cols, gz):
+        _B, C, H, W = self.x_shape
+        _, F, oh, ow = gz.type.shape
+        gw = pt.tensor(dtype=cols.dtype, shape=(F, C, H - oh + 1, W - ow + 1))
+        return Apply(self, [cols, gz], [gw])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = kernels.conv2d_grad_weights_cols(*inputs, self.x_shape).astype(
+            node.outputs[0].dtype)
+
+
+@node_rewriter([Conv2d, Conv2dGradWeights])
+def local_conv_cols(fgraph, node):
+    """Conv2d(x, w)            ->  Conv2dFromCols(Im2col(x), w)
+    Conv2dGradWeights(x, gz)  ->  Conv2dGradWeightsFromCols(Im2col(x), gz)
+    with one Im2col(x) for both (layers with static shapes)"""
+    x, other = node.inputs
+    if None in x.type.shape + other.type.shape or x.type.dtype != other.type.dtype:
+        return None
+    B, C, H, W = x.type.shape
+    if isinstance(node.op, Conv2d):
+        kh, kw = other.type.shape[2:]
+    else:
+        kh, kw = H - other.type.shape[2] + 1, W - other.type.shape[3] + 1
+    im2col = Im2col(kh, kw)
+    cols = next((client.outputs[0] for client, _ in fgraph.clients[x]
+                 if client.op == im2col), None)
+    if cols is None:
+        cols = im2col(x)
+    if isinstance(node.op, Conv2d):
+        return [Conv2dFromCols(x.type.shape)(cols, other)]
+    return [Conv2dGradWeightsFromCols(x.type.shape)(cols, other)]
+
+
 class ShapeCheck(Op):
     """x itself, after checking that its shape is ``shape`` (None: any
     length): PyTensor's SpecifyShape with a fixed message, which compiles
@@ -466,6 +554,7 @@ _FLOATS = ("float32", "float64")
 _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
                          local_row_softmax, local_take_rows, local_put_rows, local_sum_keep,
                          local_shape_check, local_row_argmax, local_fast_sigmoid,
+                         local_conv_cols,
                          name="network3_sgd_rewrites")
 
 
@@ -583,6 +672,39 @@ def _numba_funcify_fast_sigmoid(op, node, **kwargs):
     return _nb_sigmoid_any, _cache_key(f"sigmoid {node.inputs[0].type.dtype}")
 
 
+def _numba_funcify_im2col(op, node, **kwargs):
+    B, C, H, W = node.inputs[0].type.shape
+    kh, kw = op.kh, op.kw
+
+    @numba.njit
+    def im2col(x):
+        return nb_im2col_groups(x, B, C, H, W, kh, kw)
+    return im2col, _cache_key(f"im2col {B} {C} {H} {W} {kh} {kw}")
+
+
+def _numba_funcify_conv2d_from_cols(op, node, **kwargs):
+    B, C, H, W = op.x_shape
+    F, _, kh, kw = node.inputs[1].type.shape
+    oh, ow, K = H - kh + 1, W - kw + 1, C * kh * kw
+
+    @numba.njit
+    def conv2d_from_cols(cols, w):
+        return nb_conv2d_cols(cols, w, B, F, oh, ow, K)
+    return conv2d_from_cols, _cache_key(f"conv2d_cols {B} {F} {oh} {ow} {K}")
+
+
+def _numba_funcify_conv2d_grad_weights_from_cols(op, node, **kwargs):
+    B, C, H, W = op.x_shape
+    _, F, oh, ow = node.inputs[1].type.shape
+    kh, kw = H - oh + 1, W - ow + 1
+
+    @numba.njit
+    def conv2d_grad_weights_from_cols(cols, gz):
+        return nb_conv2d_grad_weights_cols(cols, gz, B, F, oh, ow, C, kh, kw)
+    return conv2d_grad_weights_from_cols, _cache_key(
+        f"conv2d_grad_weights_cols {B} {F} {oh} {ow} {C} {kh} {kw}")
+
+
 def _numba_funcify_row_argmax(op, node, **kwargs):
     return nb_argmax_rows, _cache_key("argmax_rows")
 
@@ -623,6 +745,10 @@ def register():
     register_funcify_and_cache_key(ShapeCheck)(_numba_funcify_shape_check)
     register_funcify_and_cache_key(RowArgmax)(_numba_funcify_row_argmax)
     register_funcify_and_cache_key(FastSigmoid)(_numba_funcify_fast_sigmoid)
+    register_funcify_and_cache_key(Im2col)(_numba_funcify_im2col)
+    register_funcify_and_cache_key(Conv2dFromCols)(_numba_funcify_conv2d_from_cols)
+    register_funcify_and_cache_key(Conv2dGradWeightsFromCols)(
+        _numba_funcify_conv2d_grad_weights_from_cols)
 
 
 # the cache keys: this file and kernels.py, so that editing either never

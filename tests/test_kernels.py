@@ -23,11 +23,14 @@ import pytest
 from pytensor.gradient import verify_grad
 
 import network3
-from network3 import ops
+from network3 import ops, rewrites
 
 import references as ref
 
-MODES = ["FAST_COMPILE", "NUMBA", "JAX"]
+# "network3": PyTensor's Numba mode with network3's rewrites (the default
+# backend), where the convolution reads the columns of an Im2col node that
+# its weight gradient shares
+MODES = ["FAST_COMPILE", "NUMBA", "JAX", "network3"]
 
 # (image_shape, filter_shape, poolsize): odd and non-square sizes, 1x1 and
 # image-sized kernels, pools that drop a border, and the book's two layers.
@@ -58,7 +61,11 @@ def conv_pool_fn(case, dtype, mode, conv=ops.conv2d, pool=ops.max_pool_2d):
     p = pool(z, conv_shape, poolsize)
     cost = (z * gz).sum() + (p * gp).sum()
     gx, gw = pytensor.grad(cost, [x, w])
-    return pytensor.function([x, w, gz, gp], [z, p, gx, gw], mode=mode)
+    return pytensor.function([x, w, gz, gp], [z, p, gx, gw], mode=compile_mode(mode))
+
+
+def compile_mode(mode):
+    return rewrites.numba_mode() if mode == "network3" else mode
 
 
 def inputs(case, dtype, rng):
@@ -100,6 +107,36 @@ def test_ops_match_scipy(case, mode, dtype, rng):
     assert_close(out, reference(case, x, w, gz, gp), dtype)
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv_and_its_weight_gradient_share_one_im2col(case):
+    fn = conv_pool_fn(case, "float32", "network3")
+    ops_ = [type(node.op) for node in fn.maker.fgraph.apply_nodes]
+    assert ops_.count(rewrites.Im2col) == 1
+    assert rewrites.Conv2dFromCols in ops_ and rewrites.Conv2dGradWeightsFromCols in ops_
+    assert ops.Conv2d not in ops_ and ops.Conv2dGradWeights not in ops_
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5]], ids=[IDS[0], IDS[4], IDS[5]])
+def test_cols_ops_perform_for_other_backends(case, rng):
+    """The numpy versions of the Ops of the rewrite, in PyTensor's Python
+    mode, against scipy: both groupings of the columns (per image for the
+    book's first layer, for the whole batch otherwise)."""
+    image_shape, filter_shape, _ = case
+    x, w, gz, _ = inputs(case, "float64", rng)
+    kh, kw = filter_shape[2:]
+    xv, wv, gzv = (pt.tensor(dtype="float64", shape=a.shape) for a in (x, w, gz))
+    cols = rewrites.Im2col(kh, kw)(xv)
+    z = rewrites.Conv2dFromCols(image_shape)(cols, wv)
+    gw = rewrites.Conv2dGradWeightsFromCols(image_shape)(cols, gzv)
+    fn = pytensor.function([xv, wv, gzv], [z, gw, cols], mode="FAST_COMPILE")
+    z_out, gw_out, cols_out = fn(x, w, gz)
+    per_image = z_out.shape[2] * z_out.shape[3] >= network3.kernels.PER_IMAGE_MIN_PIXELS
+    assert cols_out.shape[0] == (image_shape[0] if per_image else 1)
+    np.testing.assert_allclose(z_out, ref.conv2d(x, w), rtol=1e-10, atol=1e-10)
+    _, expected_gw = ref.conv2d_grads(x, w, gz)
+    np.testing.assert_allclose(gw_out, expected_gw, rtol=1e-10, atol=1e-9)
+
+
 #### the Ops against the pure-tensor formulation (PyTensor's own gradients)
 # PyTensor's JAX conversion of the pure-tensor graph (not of the Ops) warns
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types")
@@ -120,7 +157,7 @@ def test_max_pool_gradient_goes_to_every_tied_maximum(mode):
     x = pt.tensor4("x")
     p = ops.max_pool_2d(x, (1, 1, 3, 5), (2, 2))
     f = pytensor.function([x], pytensor.grad((p * [[[[1.0, 2.0]]]]).sum(), x),
-                          mode=mode)
+                          mode=compile_mode(mode))
     value = np.array([[[[1, 1, 0, 5, 9], [1, 0, 5, 5, 9], [7, 7, 7, 7, 7]]]], "float64")
     expected = np.array([[[[1, 1, 0, 2, 0], [1, 0, 2, 2, 0], [0, 0, 0, 0, 0]]]])
     np.testing.assert_array_equal(f(value), expected)
