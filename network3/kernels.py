@@ -194,6 +194,13 @@ def nb_im2col_groups(x, B, C, H, W, kh, kw):
     oh, ow = H - kh + 1, W - kw + 1
     if oh * ow >= PER_IMAGE_MIN_PIXELS:
         return nb_im2col_per_image(x, B, C, H, W, kh, kw)
+    return nb_im2col_batch(x, B, C, H, W, kh, kw)
+
+
+@inline
+def nb_im2col_batch(x, B, C, H, W, kh, kw):
+    """``nb_im2col`` as (1, C*kh*kw, B*oh*ow)."""
+    oh, ow = H - kh + 1, W - kw + 1
     return nb_im2col(x, B, C, H, W, kh, kw).reshape(1, C * kh * kw, B * oh * ow)
 
 
@@ -206,19 +213,33 @@ def nb_conv2d(x, w, B, C, H, W, F, kh, kw):
 @inline
 def nb_conv2d_cols(cols, w, B, F, oh, ow, K):
     """The convolution from ``nb_im2col_groups``'s columns (K = C*kh*kw)."""
+    if oh * ow >= PER_IMAGE_MIN_PIXELS:
+        return nb_conv2d_cols_per_image(cols, w, B, F, oh, ow, K)
+    return nb_conv2d_cols_batch(cols, w, B, F, oh, ow, K)
+
+
+# The two groupings as functions of their own, so that rewrites.py can
+# compile just the one a layer uses (Numba compiles both branches of an if)
+@inline
+def nb_conv2d_cols_per_image(cols, w, B, F, oh, ow, K):
     kernels = np.ascontiguousarray(w).reshape(F, K)
     out = np.empty((B, F, oh * ow), cols.dtype)
-    if oh * ow >= PER_IMAGE_MIN_PIXELS:
-        for b in range(B):
-            np.dot(kernels, cols[b], out[b])
-    else:
-        z = np.empty((F, B * oh * ow), cols.dtype)      # (F, B*oh*ow)
-        nb_gemm(z, 1.0, kernels, cols[0], 0.0)  # numpy's BLAS (see _numpy_cblas)
-        z = z.reshape(F, B, oh * ow)
-        for b in range(B):
-            for f in range(F):
-                for p in range(oh * ow):
-                    out[b, f, p] = z[f, b, p]
+    for b in range(B):
+        np.dot(kernels, cols[b], out[b])
+    return out.reshape(B, F, oh, ow)
+
+
+@inline
+def nb_conv2d_cols_batch(cols, w, B, F, oh, ow, K):
+    kernels = np.ascontiguousarray(w).reshape(F, K)
+    z = np.empty((F, B * oh * ow), cols.dtype)      # (F, B*oh*ow)
+    nb_gemm(z, 1.0, kernels, cols[0], 0.0)  # numpy's BLAS (see _numpy_cblas)
+    z = z.reshape(F, B, oh * ow)
+    out = np.empty((B, F, oh * ow), cols.dtype)
+    for b in range(B):
+        for f in range(F):
+            for p in range(oh * ow):
+                out[b, f, p] = z[f, b, p]
     return out.reshape(B, F, oh, ow)
 
 
@@ -250,21 +271,32 @@ def nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow):
 @inline
 def nb_conv2d_grad_weights_cols(cols, gz, B, F, oh, ow, C, kh, kw):
     """The weight gradient from ``nb_im2col_groups``'s columns."""
+    if oh * ow >= PER_IMAGE_MIN_PIXELS:
+        return nb_conv2d_grad_weights_cols_per_image(cols, gz, B, F, oh, ow, C, kh, kw)
+    return nb_conv2d_grad_weights_cols_batch(cols, gz, B, F, oh, ow, C, kh, kw)
+
+
+@inline
+def nb_conv2d_grad_weights_cols_per_image(cols, gz, B, F, oh, ow, C, kh, kw):
+    gw = np.empty((F, C * kh * kw), cols.dtype)
+    gz = np.ascontiguousarray(gz).reshape(B, F, oh * ow)
+    for b in range(B):  # gw <- gw + gz[b] @ cols[b].T, the first time gw <- ...
+        nb_gemm(gw, 1.0, gz[b], cols[b].T, 1.0 if b else 0.0)
+    return gw.reshape(F, C, kh, kw)
+
+
+@inline
+def nb_conv2d_grad_weights_cols_batch(cols, gz, B, F, oh, ow, C, kh, kw):
+    # gw.T = (C*kh*kw, B*oh*ow) @ (B*oh*ow, F), then transposed: BLAS is
+    # faster this way round than as gz @ cols.T (the book's second layer,
+    # throwaway timing: 0.31 -> 0.28 ms)
     K = C * kh * kw
+    gwT = np.empty((K, F), cols.dtype)
+    nb_gemm(gwT, 1.0, cols[0], nb_filter_major(gz, B, F, oh, ow).T, 0.0)
     gw = np.empty((F, K), cols.dtype)
-    if oh * ow >= PER_IMAGE_MIN_PIXELS:  # the sum over images of gz[b] @ cols[b].T
-        gz = np.ascontiguousarray(gz).reshape(B, F, oh * ow)
-        for b in range(B):  # gw <- gw + gz[b] @ cols[b].T, the first time gw <- ...
-            nb_gemm(gw, 1.0, gz[b], cols[b].T, 1.0 if b else 0.0)
-    else:
-        # gw.T = (C*kh*kw, B*oh*ow) @ (B*oh*ow, F), then transposed: BLAS is
-        # faster this way round than as gz @ cols.T (the book's second
-        # layer, throwaway timing: 0.31 -> 0.28 ms)
-        gwT = np.empty((K, F), cols.dtype)
-        nb_gemm(gwT, 1.0, cols[0], nb_filter_major(gz, B, F, oh, ow).T, 0.0)
-        for f in range(F):
-            for k in range(K):
-                gw[f, k] = gwT[k, f]
+    for f in range(F):
+        for k in range(K):
+            gw[f, k] = gwT[k, f]
     return gw.reshape(F, C, kh, kw)
 
 

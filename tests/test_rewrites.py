@@ -387,3 +387,53 @@ def test_float64_sigmoid_is_left_to_pytensor():
     assert rewrites.FastSigmoid not in _scalar_ops(f)
     a = np.linspace(-30, 30, 101)
     np.testing.assert_allclose(f(a), 1 / (1 + np.exp(-a)), rtol=1e-14)
+
+
+def _elemwise_node(*shapes, expr=lambda *xs: sum(xs)):
+    xs = [pt.tensor(dtype="float32", shape=s) for s in shapes]
+    return expr(*xs).owner
+
+
+def test_merged_axes_follow_each_inputs_broadcasting():
+    # a conv layer's activations and its biases: the two image axes merge
+    assert rewrites.merged_axes(
+        _elemwise_node((10, 20, 12, 12), (1, 20, 1, 1))) == [[0], [1], [2, 3]]
+    assert rewrites.merged_axes(_elemwise_node((10, 40, 4, 4), (10, 40, 4, 4))) == [
+        [0, 1, 2, 3]]
+    # an axis of length 1 merges with its neighbour
+    assert rewrites.merged_axes(_elemwise_node((3, 1, 5), (3, 1, 5))) == [[0, 1, 2]]
+    # broadcast along different axes, or unknown lengths: nothing to merge
+    assert rewrites.merged_axes(_elemwise_node((3, 1), (1, 4))) is None
+    assert rewrites.merged_axes(_elemwise_node((None, 4), (None, 4))) is None
+
+
+@pytest.mark.parametrize("order", ["C", "transposed"])
+def test_flat_elemwise_matches_pytensors_loops(order):
+    x = pt.tensor(dtype="float32", shape=(6, 5, 4, 3))
+    b = pt.tensor(dtype="float32", shape=(1, 5, 1, 1))
+    y = pt.tensor(dtype="float32", shape=(3, 4, 5, 6))
+    z = pt.sigmoid(x + b) * y.transpose(3, 2, 1, 0)
+    outputs = [z, z * 2 - x]  # one fused loop with two outputs
+    ours = _compile([x, b, y], outputs)
+    assert any(isinstance(n.op, rewrites.FlatElemwise) for n in ours.maker.fgraph.apply_nodes)
+    theirs = pytensor.function([x, b, y], outputs, mode="FAST_RUN")
+    a = rng.standard_normal((6, 5, 4, 3)).astype("float32")
+    v = rng.standard_normal((1, 5, 1, 1)).astype("float32")
+    c = rng.standard_normal((3, 4, 5, 6)).astype("float32")
+    if order == "transposed":  # inputs that are not contiguous
+        a = np.asfortranarray(a)
+        c = np.ascontiguousarray(c.transpose(3, 2, 1, 0)).transpose(3, 2, 1, 0)
+    for o, t in zip(ours(a, v, c), theirs(a, v, c)):
+        np.testing.assert_allclose(o, t, rtol=2e-6, atol=1e-7)
+
+
+def test_flat_elemwise_in_place_update_of_a_shared_variable():
+    w = pytensor.shared(np.ones((4, 3, 2, 2), "float32"), shape=(4, 3, 2, 2))
+    g = pt.tensor(dtype="float32", shape=(4, 3, 2, 2))
+    step = _compile([g], [], updates={w: w - 0.5 * g})
+    assert any(isinstance(n.op, rewrites.FlatElemwise) and n.op.inplace_pattern
+               for n in step.maker.fgraph.apply_nodes)
+    grad = np.arange(48, dtype="float32").reshape(4, 3, 2, 2)
+    step(grad)
+    step(grad)
+    np.testing.assert_allclose(w.get_value(), 1 - grad)
