@@ -13,8 +13,8 @@ the convolution's output, g* gradients, (ph, pw) the pooling window.
   10x faster than the same loops over run-time sizes);
 * jax.numpy (the JAX backend), registered when jax is installed;
 * BLAS for Numba: ``nb_gemm`` (z <- b z + a x y in place, with any operand
-  layout, which Numba's np.dot cannot do) and ``nb_sum_of_squares``, used by
-  rewrites.py's Ops;
+  layout, which Numba's np.dot cannot do), used by rewrites.py's Ops and the
+  conv kernels, and ``nb_sum_of_squares`` (a loop);
 * plain Numba loops for rewrites.py's other Ops (softmax over rows, the
   cost's label pick and its gradient, sums keeping one axis, argmax over
   rows): each compiles in a fraction of the time of PyTensor's general
@@ -225,7 +225,7 @@ def nb_conv2d_cols_per_image(cols, w, B, F, oh, ow, K):
     kernels = np.ascontiguousarray(w).reshape(F, K)
     out = np.empty((B, F, oh * ow), cols.dtype)
     for b in range(B):
-        np.dot(kernels, cols[b], out[b])
+        nb_gemm(out[b], 1.0, kernels, cols[b], 0.0)
     return out.reshape(B, F, oh, ow)
 
 
@@ -455,7 +455,18 @@ def nb_sum_of_squares(x):
         v = numba.carray(_data(x), x.size)
     else:
         v = np.ascontiguousarray(x).ravel()
-    return np.asarray(np.dot(v, v))
+    return np.asarray(x.dtype.type(_sum_of_squares(v)))
+
+
+# A loop, not BLAS's dot: the same speed (both read x once, at memory
+# speed), a float64 sum, and none of the code Numba compiles for np.dot (a
+# first run's compile: about 0.5 s)
+@numba.njit(fastmath={"reassoc", "contract"})
+def _sum_of_squares(v):
+    total = 0.0
+    for i in range(v.size):
+        total += np.float64(v[i]) * v[i]
+    return total
 
 
 @numba.njit(inline="always")

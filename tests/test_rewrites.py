@@ -405,6 +405,10 @@ def test_merged_axes_follow_each_inputs_broadcasting():
     # broadcast along different axes, or unknown lengths: nothing to merge
     assert rewrites.merged_axes(_elemwise_node((3, 1), (1, 4))) is None
     assert rewrites.merged_axes(_elemwise_node((None, 4), (None, 4))) is None
+    # a long innermost loop (a fully connected layer's) is left as it is
+    n = rewrites.LONG_LOOP
+    assert rewrites.merged_axes(_elemwise_node((10, n), (10, n))) is None
+    assert rewrites.merged_axes(_elemwise_node((10, n - 1), (10, n - 1))) == [[0, 1]]
 
 
 @pytest.mark.parametrize("order", ["C", "transposed"])
@@ -430,10 +434,16 @@ def test_flat_elemwise_matches_pytensors_loops(order):
 def test_flat_elemwise_in_place_update_of_a_shared_variable():
     w = pytensor.shared(np.ones((4, 3, 2, 2), "float32"), shape=(4, 3, 2, 2))
     g = pt.tensor(dtype="float32", shape=(4, 3, 2, 2))
-    step = _compile([g], [], updates={w: w - 0.5 * g})
+    step = _compile([g], [], updates={w: w - 0.5 * pt.tanh(g)})
     assert any(isinstance(n.op, rewrites.FlatElemwise) and n.op.inplace_pattern
                for n in step.maker.fgraph.apply_nodes)
-    grad = np.arange(48, dtype="float32").reshape(4, 3, 2, 2)
+    grad = np.linspace(-2, 2, 48, dtype="float32").reshape(4, 3, 2, 2)
     step(grad)
     step(grad)
-    np.testing.assert_allclose(w.get_value(), 1 - grad)
+    np.testing.assert_allclose(w.get_value(), 1 - np.tanh(grad), rtol=1e-6)
+
+
+def test_loops_of_sums_and_products_are_left_to_pytensor():
+    x = pt.tensor(dtype="float32", shape=(10, 40, 4, 4))
+    f = _compile([x], x * x + 2 * x)
+    assert not any(isinstance(n.op, rewrites.FlatElemwise) for n in f.maker.fgraph.apply_nodes)
