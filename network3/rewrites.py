@@ -448,13 +448,17 @@ class Im2col(Op):
         outputs[0][0] = kernels.im2col_groups(inputs[0], self.kh, self.kw)
 
 
-class Conv2dFromCols(Op):
-    """(cols, w) -> ``Conv2d`` of the images whose ``Im2col`` cols is."""
+class _FromCols(Op):
+    """An Op that reads ``Im2col``'s columns of images of shape x_shape."""
 
     __props__ = ("x_shape",)
 
     def __init__(self, x_shape):
         self.x_shape = tuple(x_shape)
+
+
+class Conv2dFromCols(_FromCols):
+    """(cols, w) -> ``Conv2d`` of the images whose ``Im2col`` cols is."""
 
     def make_node(self, cols, w):
         B, _C, H, W = self.x_shape
@@ -467,14 +471,9 @@ class Conv2dFromCols(Op):
             node.outputs[0].dtype)
 
 
-class Conv2dGradWeightsFromCols(Op):
+class Conv2dGradWeightsFromCols(_FromCols):
     """(cols, gz) -> ``Conv2dGradWeights`` of the images whose ``Im2col``
     cols is."""
-
-    __props__ = ("x_shape",)
-
-    def __init__(self, x_shape):
-        self.x_shape = tuple(x_shape)
 
     def make_node(self, cols, gz):
         _B, C, H, W = self.x_shape
