@@ -786,6 +786,7 @@ def _numba_funcify_conv2d_grad_weights_from_cols(op, node, **kwargs):
 
 
 def _numba_funcify_flat_elemwise(op, node, **kwargs):
+    from pytensor.link.numba.cache import compile_numba_function_src
     from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
     groups = merged_axes(node)
 
@@ -808,9 +809,9 @@ def _numba_funcify_flat_elemwise(op, node, **kwargs):
         back = ", ".join(f"outs[{k}].reshape({sh})" for k, sh in enumerate(out_shapes))
         body = f"outs = loop({flat_args})\n    return ({back},)"
     source = f"def flat_elemwise({', '.join(names)}):\n    {body}\n"
-    env = {"np": np, "loop": loop}
-    exec(compile(source, "<flat_elemwise>", "exec"), env)
-    return numba.njit(env["flat_elemwise"]), _cache_key(f"flat {key} {source}")
+    fn = compile_numba_function_src(source, "flat_elemwise",
+                                    global_env={"np": np, "loop": loop})
+    return numba.njit(fn), _cache_key(f"flat {key} {source}")
 
 
 def _numba_funcify_row_argmax(op, node, **kwargs):
