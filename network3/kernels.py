@@ -131,6 +131,15 @@ def max_pool_grad(x, pooled, gz, ph, pw):
 inline = numba.njit(inline="always")
 
 
+def inner(fn=None, **options):
+    """``numba.njit`` for a function that only jitted code calls: a graph
+    node's function or a kernel under one.  Numba gives it no entry point
+    from Python, and under linker.py's GraphLinker makes no machine code of
+    its own: it runs as the copy linked into the graph's function."""
+    jit = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **options)
+    return jit if fn is None else jit(fn)
+
+
 @inline
 def nb_im2col(x, B, C, H, W, kh, kw):
     """As ``im2col``."""
@@ -449,7 +458,7 @@ def _data(typingctx, x):
     return types.CPointer(x.dtype)(x), codegen
 
 
-@numba.njit
+@inner
 def nb_sum_of_squares(x):
     if x.flags.c_contiguous or x.flags.f_contiguous:  # x's memory, as a vector
         v = numba.carray(_data(x), x.size)
@@ -461,7 +470,7 @@ def nb_sum_of_squares(x):
 # A loop, not BLAS's dot: the same speed (both read x once, at memory
 # speed), a float64 sum, and none of the code Numba compiles for np.dot (a
 # first run's compile: about 0.5 s)
-@numba.njit(fastmath={"reassoc", "contract"})
+@inner(fastmath={"reassoc", "contract"})
 def _sum_of_squares(v):
     total = 0.0
     for i in range(v.size):
@@ -505,7 +514,7 @@ def nb_gemm(z, a, x, y, b):
     return z
 
 
-@numba.njit
+@inner
 def _gemm(z, a, x, y, b):
     M, N = z.shape
     K = x.shape[1]
@@ -596,7 +605,7 @@ def softmax_rows(x, log=False):
     return out.astype(x.dtype)
 
 
-@numba.njit
+@inner
 def nb_softmax_rows(x, log):
     """As ``softmax_rows``: the maximum, then exp(x - max) summed in
     float64, as PyTensor's graph does."""
@@ -621,7 +630,7 @@ def nb_softmax_rows(x, log):
     return out
 
 
-@numba.njit
+@inner
 def nb_take_rows(x, labels):
     """out[i] = x[i, labels[i]]: the book's log(p)[arange(n), y]."""
     N, K = x.shape
@@ -634,7 +643,7 @@ def nb_take_rows(x, labels):
     return out
 
 
-@numba.njit
+@inner
 def nb_put_rows(g, labels, K):
     """The gradient of ``nb_take_rows``: zeros, with g[i] at (i, labels[i])."""
     N = g.shape[0]
@@ -647,7 +656,7 @@ def nb_put_rows(g, labels, K):
     return out
 
 
-@numba.njit
+@inner
 def nb_sum_keep(x):
     """Sums of the (A, J, C) array x over its first and last axes, in
     float64: out[j] = sum over a, c of x[a, j, c]."""
@@ -662,7 +671,7 @@ def nb_sum_keep(x):
     return out
 
 
-@numba.njit
+@inner
 def nb_argmax_rows(x):
     """np.argmax(x, axis=1) of a matrix: the first maximum of each row (the
     first NaN, if the row has one, as numpy)."""
@@ -743,7 +752,7 @@ def _numba_wrapper(node, op):
     # file's source, so that editing a kernel never runs a stale cached one
     key = hashlib.sha256(
         f"network3 {name} {op._props_dict()} {in_shapes} {_SOURCE}".encode()).hexdigest()
-    return numba.njit(fn), key
+    return inner(fn), key
 
 
 #### JAX

@@ -79,7 +79,6 @@ rewrite database.
 import hashlib
 from pathlib import Path
 
-import numba
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode, get_mode
@@ -100,6 +99,7 @@ from pytensor.tensor.type_other import NoneTypeT
 
 from . import kernels
 from .kernels import (
+    inner,
     nb_argmax_rows,
     nb_gemm,
     nb_put_rows,
@@ -636,17 +636,17 @@ def numba_mode():
 # One jitted function per Op, shared by all its nodes (Numba compiles it
 # once per combination of argument types, not once per node), except where
 # a node's sizes or classes are compiled in as constants.
-@numba.njit
+@inner
 def _gemm_inplace(z, a, x, y, b):
     return nb_gemm(z, a[()], x, y, b[()])
 
 
-@numba.njit
+@inner
 def _gemm_copy(z, a, x, y, b):
     return nb_gemm(z.copy(), a[()], x, y, b[()])
 
 
-@numba.njit
+@inner
 def _nb_dot22(x, y):
     M, N = x.shape[0], y.shape[1]
     # the result in y's order: BLAS then reads the larger operand (the
@@ -679,12 +679,12 @@ def _numba_funcify_sum_of_squares(op, node, **kwargs):
     return nb_sum_of_squares, _cache_key("sum_of_squares")
 
 
-@numba.njit
+@inner
 def _nb_softmax(x):
     return nb_softmax_rows(x, False)
 
 
-@numba.njit
+@inner
 def _nb_log_softmax(x):
     return nb_softmax_rows(x, True)
 
@@ -705,7 +705,7 @@ def _numba_funcify_sum_keep(op, node, **kwargs):
     if k is None:
         size = int(np.prod(shape))
 
-        @numba.njit
+        @inner
         def sum_all(x):
             out = np.empty(1, x.dtype)
             out[0] = nb_sum_keep(np.ascontiguousarray(x).reshape(1, 1, size))[0]
@@ -713,7 +713,7 @@ def _numba_funcify_sum_keep(op, node, **kwargs):
         return sum_all, _cache_key(f"sum_all {size}")
     A, J, C = int(np.prod(shape[:k])), shape[k], int(np.prod(shape[k + 1:]))
 
-    @numba.njit
+    @inner
     def sum_keep(x):
         sums = nb_sum_keep(np.ascontiguousarray(x).reshape(A, J, C))
         out = np.empty(J, x.dtype)
@@ -723,12 +723,12 @@ def _numba_funcify_sum_keep(op, node, **kwargs):
     return sum_keep, _cache_key(f"sum_keep {A} {J} {C}")
 
 
-@numba.njit
+@inner
 def _nb_sigmoid(x):
     return nb_sigmoid(x)
 
 
-@numba.njit
+@inner
 def _nb_sigmoid_any(x):  # FastSigmoid of another type (the rewrite makes
     return 1 / (1 + np.exp(-x))  # float32 ones only)
 
@@ -749,7 +749,7 @@ def _numba_funcify_im2col(op, node, **kwargs):
     per_image = (H - kh + 1) * (W - kw + 1) >= kernels.PER_IMAGE_MIN_PIXELS
     kernel = kernels.nb_im2col_per_image if per_image else kernels.nb_im2col_batch
 
-    @numba.njit
+    @inner
     def im2col(x):
         return kernel(x, B, C, H, W, kh, kw)
     return im2col, _cache_key(f"im2col {B} {C} {H} {W} {kh} {kw} {per_image}")
@@ -763,7 +763,7 @@ def _numba_funcify_conv2d_from_cols(op, node, **kwargs):
     per_image = oh * ow >= kernels.PER_IMAGE_MIN_PIXELS
     kernel = kernels.nb_conv2d_cols_per_image if per_image else kernels.nb_conv2d_cols_batch
 
-    @numba.njit
+    @inner
     def conv2d_from_cols(cols, w):
         return kernel(cols, w, B, F, oh, ow, K)
     return conv2d_from_cols, _cache_key(f"conv2d_cols {B} {F} {oh} {ow} {K} {per_image}")
@@ -778,7 +778,7 @@ def _numba_funcify_conv2d_grad_weights_from_cols(op, node, **kwargs):
     kernel = (kernels.nb_conv2d_grad_weights_cols_per_image if per_image
               else kernels.nb_conv2d_grad_weights_cols_batch)
 
-    @numba.njit
+    @inner
     def conv2d_grad_weights_from_cols(cols, gz):
         return kernel(cols, gz, B, F, oh, ow, C, kh, kw)
     return conv2d_grad_weights_from_cols, _cache_key(
@@ -811,7 +811,7 @@ def _numba_funcify_flat_elemwise(op, node, **kwargs):
     source = f"def flat_elemwise({', '.join(names)}):\n    {body}\n"
     fn = compile_numba_function_src(source, "flat_elemwise",
                                     global_env={"np": np, "loop": loop})
-    return numba.njit(fn), _cache_key(f"flat {key} {source}")
+    return inner(fn), _cache_key(f"flat {key} {source}")
 
 
 def _numba_funcify_row_argmax(op, node, **kwargs):
@@ -822,7 +822,7 @@ def _numba_funcify_shape_check(op, node, **kwargs):
     expected = tuple(-1 if length is None else length for length in op.shape)
     message = f"expected an array of shape {op.shape}"
 
-    @numba.njit
+    @inner
     def shape_check(x):
         for axis in range(len(expected)):
             if expected[axis] >= 0 and x.shape[axis] != expected[axis]:
@@ -834,7 +834,7 @@ def _numba_funcify_shape_check(op, node, **kwargs):
 def _numba_funcify_put_rows(op, node, **kwargs):
     n_classes = op.n_classes
 
-    @numba.njit
+    @inner
     def put_rows(g, labels):
         return nb_put_rows(g, labels, n_classes)
     return put_rows, _cache_key(f"put_rows {n_classes}")

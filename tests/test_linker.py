@@ -1,18 +1,20 @@
 """linker.py's GraphLinker: same results as PyTensor's Numba linker, one
 disk-cache entry per graph whose key tells graphs apart, node functions
-shared within a process."""
+shared within a process, machine code for the graph's function only."""
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from network3 import linker
+from network3 import kernels, linker
 from network3.rewrites import numba_mode
 
 rng = np.random.default_rng(5)
@@ -89,12 +91,21 @@ _RUN = """
 import json, sys
 import numpy as np, pytensor, pytensor.tensor as pt
 from network3.rewrites import numba_mode
-x = pt.vector("x")
-f = pytensor.function([x], pt.exp(x) * {scale} + 1.0, mode=numba_mode())
-out = f(np.arange(3.0))
+x = pt.matrix("x")
+f = pytensor.function([x], pt.exp(x @ x.T) * {scale} + 1.0, mode=numba_mode())
+out = f(np.arange(6.0).reshape(2, 3) / 10)
 stats = f.vm.jit_fn.stats
+# the libraries of the graph's function and of its nodes' jitted functions
+# (the product's; none when the graph came from the disk cache)
+from network3 import linker
+graph, = f.vm.jit_fn.overloads.values()
+nodes = [c.library for fn in linker._NODE_FUNCTIONS.values()
+         for c in getattr(fn, "overloads", {{}}).values()]
 print(json.dumps({{"out": out.tolist(), "hits": sum(stats.cache_hits.values()),
-                  "misses": sum(stats.cache_misses.values())}}))
+                  "misses": sum(stats.cache_misses.values()),
+                  "graph_pending": graph.library._pending,
+                  "nodes": len(nodes),
+                  "nodes_pending": sum(lib._pending for lib in nodes)}}))
 """
 
 
@@ -110,10 +121,69 @@ def _run(tmp_path, scale):
 def test_a_graph_is_compiled_once_then_loaded_from_the_disk_cache(tmp_path):
     first = _run(tmp_path, 2.0)
     assert (first["hits"], first["misses"]) == (0, 1)
+    # compiled: machine code for the graph's function, none for its nodes'
+    assert first["nodes"] >= 1 and first["nodes_pending"] == first["nodes"]
+    assert not first["graph_pending"]
     again = _run(tmp_path, 2.0)
     assert (again["hits"], again["misses"]) == (1, 0)
-    np.testing.assert_allclose(again["out"], np.exp(np.arange(3.0)) * 2 + 1)
+    assert again["nodes"] == 0 and not again["graph_pending"]
+    a = np.arange(6.0).reshape(2, 3) / 10
+    np.testing.assert_allclose(again["out"], np.exp(a @ a.T) * 2 + 1)
     # a graph that differs only in a constant has its own entry
     other = _run(tmp_path, 3.0)
     assert (other["hits"], other["misses"]) == (0, 1)
-    np.testing.assert_allclose(other["out"], np.exp(np.arange(3.0)) * 3 + 1)
+    np.testing.assert_allclose(other["out"], np.exp(a @ a.T) * 3 + 1)
+
+
+#### LinkOnlyLibrary: machine code only when asked for
+def _library(dispatcher):
+    (compiled,) = dispatcher.overloads.values()
+    return compiled.library
+
+
+def test_callees_compiled_in_the_block_get_no_machine_code_until_asked():
+    inner = kernels.inner(lambda x: x * 2.0 + 1.0)  # no entry point from Python
+
+    @numba.njit
+    def outer(x):
+        return inner(x) - 1.0
+
+    with linker.link_only_libraries():
+        assert outer(3.0) == 6.0
+    # outer was called from Python: machine code; inner runs inside it
+    assert isinstance(_library(outer), linker.LinkOnlyLibrary)
+    assert not _library(outer)._pending
+    library = _library(inner)
+    assert isinstance(library, linker.LinkOnlyLibrary) and library._pending
+
+    # after the block, a new caller links inner's code in as any other
+    @numba.njit
+    def other(x):
+        return inner(x) * 2.0
+
+    assert other(1.0) == 6.0
+    assert library._pending
+    # asking for inner's machine code makes it, with Numba's environment
+    # pointer set as Numba would have at compile time
+    (compiled,) = inner.overloads.values()
+    assert "ret" in inner.inspect_asm(compiled.signature.args)
+    assert not library._pending
+    name = compiled.fndesc.env_name
+    address = library.codegen._engine.get_global_value_address(name)
+    assert ctypes.c_void_p.from_address(address).value == id(compiled.environment)
+
+
+def test_the_block_restores_numbas_code_libraries():
+    codegen = numba.core.registry.cpu_target.target_context.codegen()
+    with pytest.raises(RuntimeError, match="a compile that fails"):
+        with linker.link_only_libraries():
+            assert codegen._library_class is linker.LinkOnlyLibrary
+            with linker.link_only_libraries():  # nested: no change
+                pass
+            assert codegen._library_class is linker.LinkOnlyLibrary
+            raise RuntimeError("a compile that fails")
+    assert "_library_class" not in vars(codegen)
+    assert "set_env" not in vars(codegen)
+    f = numba.njit(lambda x: x + 1)
+    assert f(1) == 2
+    assert not isinstance(_library(f), linker.LinkOnlyLibrary)
