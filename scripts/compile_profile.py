@@ -4,9 +4,10 @@ Builds one of the benchmark's networks (scripts/benchmark.py) with an empty
 compile cache, in a fresh process, and runs its first SGD step while timing
 every function Numba compiles.  Numba compiles one function per node of the
 graph (each calling a few more: Numba's own implementations of numpy
-functions, string formatting for error messages), then one function for the
-whole graph, which links all of them in and optimises the lot once more
-(network3/linker.py).  Nodes with the same function (the same PyTensor cache
+functions, string formatting for error messages): it reads and types each,
+and turns it into LLVM code.  Then it compiles one function for the whole
+graph, which links all of them in; only that one is optimised as a whole and
+made into machine code (network3/linker.py).  Nodes with the same function (the same PyTensor cache
 key) share one compilation.  The table gives, per kind of node, how many
 nodes there are and the seconds their compilation took (everything compiled
 on their behalf included: a helper of Numba's is counted with the first node
@@ -87,7 +88,8 @@ def main():
     print("| node's function | nodes | compile s |\n| --- | --- | --- |")
     for name, (count, seconds) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
         print(f"| {name} | {count} | {seconds:.2f} |")
-    print(f"| the graph function (links and re-optimises all the above) | 1 | "
+    print(f"| the graph function (links all the above, optimises them and "
+          f"makes the machine code) | 1 | "
           f"{result['numba_s'] - in_nodes:.2f} |")
 
 
