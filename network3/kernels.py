@@ -10,7 +10,9 @@ the convolution's output, g* gradients, (ph, pw) the pooling window.
   into a small wrapper made for each node of the graph, with the node's
   static shapes as constants: with every loop bound known, LLVM unrolls and
   vectorises the loops (measured: im2col 2x, pooling 7x and its gradient
-  10x faster than the same loops over run-time sizes);
+  10x faster than the same loops over run-time sizes).  Functions that only
+  jitted code calls are compiled with ``inner``: no entry point from Python,
+  and no machine code of their own (linker.py);
 * jax.numpy (the JAX backend), registered when jax is installed;
 * BLAS for Numba: ``nb_gemm`` (z <- b z + a x y in place, with any operand
   layout, which Numba's np.dot cannot do), used by rewrites.py's Ops and the
