@@ -19,7 +19,14 @@ Importing network3 changes no global PyTensor setting.
 """
 
 from . import augment, backend, data, ensemble, figures, layers, ops, saving, schedules  # noqa: F401
-from .backend import floatX, keep_freed_memory, seed, set_backend, set_floatX  # noqa: F401
+from .backend import (  # noqa: F401
+    floatX,
+    keep_freed_memory,
+    seed,
+    set_backend,
+    set_floatX,
+    use_accelerator,
+)
 from .data import load_data, load_data_shared, size  # noqa: F401
 from .layers import (  # noqa: F401
     ConvLayer,

@@ -9,8 +9,10 @@ Importing network3 therefore changes nothing for other PyTensor code.
 Backends (choose with ``network3.set_backend`` or the environment variable
 ``NETWORK3_BACKEND``):
 
-* ``"numba"`` (default): PyTensor's default linker; compiled code is cached on
-  disk under ``~/.pytensor``, so the second run of a network starts fast.
+* ``"numba"`` (default): PyTensor's default linker, with network3's
+  accelerator (network3/accel, see ``use_accelerator``); compiled code is
+  cached on disk under ``~/.pytensor``, so the second run of a network
+  starts fast.
 * ``"jax"``: PyTensor's JAX backend (``pip install network3[jax]``); on a
   machine with a CUDA build of jax this is the GPU path
   (``network3.GPU = True``).
@@ -18,6 +20,7 @@ Backends (choose with ``network3.set_backend`` or the environment variable
 """
 
 import contextlib
+import importlib
 import os
 import sys
 import warnings
@@ -28,7 +31,7 @@ import pytensor
 BACKENDS = ("numba", "jax", "c")
 
 _settings = {"floatX": "float32", "backend": None, "blas_threads": 1,
-             "keep_freed_memory": True, "malloc_tuned": False}
+             "keep_freed_memory": True, "accelerator": None}
 _rng = np.random.default_rng()
 
 
@@ -77,41 +80,17 @@ def blas_threads():
 
 
 # ------------------------------------------------------------------ memory
-# A compiled training step allocates its temporaries (a conv layer's
-# im2col columns: 1.3 MB in the book's second layer) and frees them again,
-# thousands of times an epoch.  glibc's malloc hands freed memory at the top
-# of its heap back to the kernel once more than M_TRIM_THRESHOLD of it is
-# free (by default twice the largest block it has recently mmapped), and
-# serves large blocks with a fresh mmap: either way the next step touches
-# new pages, and the kernel zeroes each one (a page fault).  Measured on the
-# benchmark's dbl_conv network with a warm compile cache: 600 page faults
-# and 2.1 ms a step, against 1.5 ms with the settings below, which keep up
-# to 256 MB of freed memory for reuse and take blocks under 64 MB from the
-# heap.  (A fresh compile leaves a fragmented heap that hides the effect.)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
 def keep_freed_memory(enabled=True):
-    """Whether network3 tunes glibc's malloc, as above, when it compiles a
-    function (on by default; Linux only; a process-wide setting that stays
-    once made).  ``keep_freed_memory(False)`` before building a network
-    leaves malloc alone."""
+    """Whether the Numba accelerator tunes glibc's malloc to keep freed
+    memory for reuse when it first compiles a function (on by default;
+    Linux only; a process-wide setting that stays once made; see
+    network3/accel/memory.py).  ``keep_freed_memory(False)`` before building
+    a network leaves malloc alone."""
     _settings["keep_freed_memory"] = bool(enabled)
 
 
-def _tune_malloc():
-    if not _settings["keep_freed_memory"] or _settings["malloc_tuned"]:
-        return
-    _settings["malloc_tuned"] = True
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc
-    except (OSError, AttributeError):  # another C library: leave it be
-        return
-    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+def keeps_freed_memory():
+    return _settings["keep_freed_memory"]
 
 
 # ------------------------------------------------------------------ randomness
@@ -156,9 +135,8 @@ def _gpu_requested():
 
 
 def _mode(name):
-    if name == "numba":  # PyTensor's Numba mode plus rewrites.py's
-        from .rewrites import numba_mode
-        return numba_mode()
+    if name == "numba":
+        return _numba_mode()
     if name == "c":
         return pytensor.compile.mode.get_mode("CVM")
     try:
@@ -167,6 +145,7 @@ def _mode(name):
         raise RuntimeError(
             "the 'jax' backend needs jax: pip install 'network3[jax]' "
             "(or set network3.GPU = False / NETWORK3_BACKEND=numba)") from None
+    from . import jax_ops  # noqa: F401  (the Ops' JAX implementations)
     if _gpu_requested():
         try:
             jax.devices("gpu")
@@ -179,10 +158,81 @@ def _mode(name):
     return pytensor.compile.mode.get_mode("JAX")
 
 
+# ------------------------------------------------------------ the accelerator
+# network3/accel: PyTensor's Numba mode made faster with rewrites, kernels
+# and a linker that reach into Numba's and PyTensor's internals.  Loaded on
+# the first compile in Numba mode; it checks itself, and on any failure
+# network3 warns once and uses PyTensor's stock Numba mode.
+class AcceleratorWarning(RuntimeWarning):
+    """The Numba accelerator could not be used; network3 runs slower, on
+    PyTensor's stock Numba mode."""
+
+
+_ACCELERATOR_OFF = ("0", "off", "false", "no")
+
+
+def use_accelerator(enabled=True):
+    """Whether functions compiled from now on in Numba mode use network3's
+    accelerator (on by default; ``NETWORK3_ACCELERATOR=0`` turns it off for
+    a whole run).  Off, they use PyTensor's stock Numba mode: slower, the
+    same numbers."""
+    _settings["accelerator"] = bool(enabled)
+
+
+def accelerator_enabled():
+    """Whether the next function compiled in Numba mode uses the accelerator
+    (``use_accelerator``, else the NETWORK3_ACCELERATOR variable)."""
+    if _settings["accelerator"] is not None:
+        return _settings["accelerator"]
+    return os.environ.get("NETWORK3_ACCELERATOR", "1").strip().lower() not in _ACCELERATOR_OFF
+
+
+_accelerator = {}  # "mode" once loaded and checked, or "error" once failed
+
+
+def accelerator_status():
+    """"on", "off" (switched off), "failed: <reason>", or "not loaded"."""
+    if not accelerator_enabled():
+        return "off"
+    if "error" in _accelerator:
+        return f"failed: {_accelerator['error']}"
+    return "on" if "mode" in _accelerator else "not loaded"
+
+
+def _numba_mode():
+    stock = pytensor.compile.mode.get_mode("NUMBA")
+    if not accelerator_enabled() or "error" in _accelerator:
+        return stock
+    if "mode" not in _accelerator:
+        try:
+            accel = importlib.import_module("network3.accel")
+            _accelerator["mode"] = accel.numba_mode()
+        except Exception as error:  # noqa: BLE001  (any failure: fall back)
+            reason = f"{type(error).__name__}: {error}"
+            _accelerator["error"] = reason
+            warnings.warn(
+                f"network3's Numba accelerator is off for this process ({reason}); "
+                "running on PyTensor's stock Numba mode, which is slower. "
+                f"Versions: {_versions()}. Set NETWORK3_ACCELERATOR=0 to skip it "
+                "(and this warning).", AcceleratorWarning, stacklevel=4)
+            return stock
+    return _accelerator["mode"]
+
+
+def _versions():
+    from importlib.metadata import PackageNotFoundError, version
+    found = []
+    for name in ("numba", "llvmlite", "pytensor", "numpy"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found) + f", Python {sys.version.split()[0]}"
+
+
 def function(inputs, outputs, **kwargs):
     """``pytensor.function`` compiled with network3's chosen backend."""
     name = backend()
-    _tune_malloc()
     if name != "jax":
         return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     with _quiet_jax():

@@ -16,17 +16,23 @@ both.  Each is here twice:
   hand-written kernels compile 4x sooner and made the network's training
   step 1.7x faster (``scripts/benchmark.py``).
 
-The Ops' arithmetic lives in ``kernels.py``: a numpy version (the C backend
-and Python VM run it), a Numba version (the default backend) and a
-jax.numpy version (the JAX backend, CPU or GPU).
+The Ops' arithmetic is here in numpy (``perform``: the C backend and the
+Python VM run it); ``numba_ops.py`` gives PyTensor's Numba backend the same
+arithmetic and ``jax_ops.py`` its JAX backend.  Both are registered through
+PyTensor's dispatch the first time an Op of this module is put in a graph
+(``_register_backends``), so that a function a user compiles of a layer's
+output with any mode runs them, and importing network3 loads neither Numba
+nor jax.  The Numba accelerator (``network3/accel``) adds faster versions
+of its own; nothing here imports it.
 """
 
+import sys
+
+import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.scalar import upcast
-
-from . import kernels
 
 
 #### The public functions (what the layers call)
@@ -109,13 +115,97 @@ def max_pool_2d_reference(x, input_shape, poolsize):
     return windows.max(axis=(3, 5))               # (B, C, oh, ow)
 
 
+#### The Ops' arithmetic in numpy
+# Notation: x (B, C, H, W) images, w (F, C, kh, kw) kernels, z (B, F, oh, ow)
+# the convolution's output, g* gradients, (ph, pw) the pooling window.
+def im2col(x, kh, kw):
+    """(B, C, H, W) -> (C*kh*kw, B*oh*ow): column (b, i, j) holds the
+    flipped patch of x that output pixel (b, i, j) sees."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    windows = windows[..., ::-1, ::-1]            # (B, C, oh, ow, kh, kw), flipped
+    return windows.transpose(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1)
+
+
+def col2im(cols, x_shape, kh, kw):
+    """The transpose of ``im2col``: add each column back onto its patch."""
+    B, C, H, W = x_shape
+    oh, ow = H - kh + 1, W - kw + 1
+    cols = cols.reshape(C, kh, kw, B, oh, ow)
+    gx = np.zeros(x_shape, cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            # kernel entry (u, v) met the pixels shifted by (kh-1-u, kw-1-v)
+            su, sv = kh - 1 - u, kw - 1 - v
+            gx[:, :, su:su + oh, sv:sv + ow] += cols[:, u, v].transpose(1, 0, 2, 3)
+    return gx
+
+
+def np_conv2d(x, w):
+    F, _C, kh, kw = w.shape
+    B, _, H, W = x.shape
+    z = w.reshape(F, -1) @ im2col(x, kh, kw)     # (F, B*oh*ow)
+    return z.reshape(F, B, H - kh + 1, W - kw + 1).transpose(1, 0, 2, 3)
+
+
+def np_conv2d_grad_inputs(gz, w):
+    B, F, oh, ow = gz.shape
+    _, C, kh, kw = w.shape
+    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
+    gcols = w.reshape(F, -1).T @ gz               # (C*kh*kw, B*oh*ow)
+    return col2im(gcols, (B, C, oh + kh - 1, ow + kw - 1), kh, kw)
+
+
+def np_conv2d_grad_weights(x, gz):
+    _B, F, oh, ow = gz.shape
+    kh, kw = x.shape[2] - oh + 1, x.shape[3] - ow + 1
+    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
+    gw = gz @ im2col(x, kh, kw).T                 # (F, C*kh*kw)
+    return gw.reshape(F, x.shape[1], kh, kw)
+
+
+def _windows(x, ph, pw, oh, ow):
+    B, C = x.shape[:2]
+    return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
+
+
+def np_max_pool(x, ph, pw):
+    return _windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
+
+
+def np_max_pool_grad(x, pooled, gz, ph, pw):
+    B, C, oh, ow = pooled.shape
+    is_max = _windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
+    gx = np.zeros_like(x)                         # the dropped border stays 0
+    gx[:, :, :oh * ph, :ow * pw] = (
+        is_max * gz[:, :, :, None, :, None]).reshape(B, C, oh * ph, ow * pw)
+    return gx
+
+
 #### The Ops
 # An Op says what its output looks like (make_node), how to compute it
-# (perform: the numpy kernel; the compiled backends use kernels.py's
-# registrations instead), its output shape (infer_shape) and, for the
-# forward Ops, its gradient as other Ops (pullback).
+# (perform: the numpy arithmetic above; the compiled backends use
+# numba_ops.py's and jax_ops.py's registrations instead), its output shape
+# (infer_shape) and, for the forward Ops, its gradient as other Ops
+# (pullback).  infer_shape takes ``*args``: PyTensor 3.0 passes (fgraph,
+# node, shapes), 3.3 passes (node, shapes) and deprecates the first form.
+
+def _register_backends():
+    """Give PyTensor's Numba backend (and JAX's, once jax is imported) this
+    module's Ops: called by every make_node, so before any graph with one of
+    them is compiled; each registration runs once."""
+    if "numba" not in _REGISTERED:
+        _REGISTERED.add("numba")
+        from . import numba_ops  # noqa: F401  (registers on import)
+    if "jax" not in _REGISTERED and "jax" in sys.modules:
+        _REGISTERED.add("jax")
+        from . import jax_ops  # noqa: F401
+
+
+_REGISTERED = set()
+
 
 def _tensor4(value):
+    _register_backends()
     value = pt.as_tensor_variable(value)
     if value.ndim != 4:
         raise ValueError(f"expected a 4-d tensor, got {value.ndim} dimensions")
@@ -149,9 +239,10 @@ class Conv2d(Op):
         return Apply(self, [x, w], [z])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = kernels.conv2d(*inputs).astype(node.outputs[0].dtype)
+        outputs[0][0] = np_conv2d(*inputs).astype(node.outputs[0].dtype)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]
         (B, _C, H, W), (F, _, kh, kw) = shapes
         return [(B, F, H - kh + 1, W - kw + 1)]
 
@@ -174,10 +265,11 @@ class Conv2dGradInputs(Op):
         return Apply(self, [gz, w], [gx])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = kernels.conv2d_grad_inputs(*inputs).astype(
+        outputs[0][0] = np_conv2d_grad_inputs(*inputs).astype(
             node.outputs[0].dtype)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]
         (B, _F, oh, ow), (_, C, kh, kw) = shapes
         return [(B, C, oh + kh - 1, ow + kw - 1)]
 
@@ -195,10 +287,11 @@ class Conv2dGradWeights(Op):
         return Apply(self, [x, gz], [gw])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = kernels.conv2d_grad_weights(*inputs).astype(
+        outputs[0][0] = np_conv2d_grad_weights(*inputs).astype(
             node.outputs[0].dtype)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]
         (_B, C, H, W), (_, F, oh, ow) = shapes
         return [(F, C, H - oh + 1, W - ow + 1)]
 
@@ -220,9 +313,10 @@ class MaxPool2d(Op):
         return Apply(self, [x], [out])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = kernels.max_pool(inputs[0], *self.poolsize)
+        outputs[0][0] = np_max_pool(inputs[0], *self.poolsize)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]
         (B, C, H, W), = shapes
         ph, pw = self.poolsize
         return [(B, C, H // ph, W // pw)]
@@ -246,11 +340,9 @@ class MaxPool2dGrad(Op):
         return Apply(self, [x, pooled, gz], [x.type()])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = kernels.max_pool_grad(*inputs, *self.poolsize)
+        outputs[0][0] = np_max_pool_grad(*inputs, *self.poolsize)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]
         return [shapes[0]]
 
-
-kernels.register(Conv2d, Conv2dGradInputs, Conv2dGradWeights, MaxPool2d,
-                 MaxPool2dGrad)

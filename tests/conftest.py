@@ -1,9 +1,10 @@
 """Shared fixtures.
 
-Real-data tests need MNIST.  They use ``data/mnist.pkl.gz`` when it exists,
-else build it from the IDX files in ``$NETWORK3_MNIST_DIR`` (CI points that
-at ../shared/data/mnist).  When neither is there the tests *fail* with a
-message saying what to do; they never skip silently.
+Real-data tests need MNIST: the IDX files in ``$NETWORK3_MNIST_DIR`` (CI
+points that at ../shared/data/mnist), else in ``data/mnist``, where the
+README's first command puts them; and ``data/mnist.pkl.gz``, built from them
+when missing.  When the files are not there the tests *fail* with a message
+saying what to do; they never skip silently.
 """
 
 import os
@@ -26,17 +27,21 @@ import network3  # noqa: E402
 from network3 import data as n3data  # noqa: E402
 
 
+def _idx_dir():
+    """$NETWORK3_MNIST_DIR, else data/mnist."""
+    return Path(os.environ.get("NETWORK3_MNIST_DIR") or n3data.data_dir() / "mnist")
+
+
 @pytest.fixture(scope="session")
 def mnist_path():
     path = n3data.data_dir() / "mnist.pkl.gz"
     if not path.exists():
-        idx_dir = os.environ.get("NETWORK3_MNIST_DIR")
-        if not idx_dir or not Path(idx_dir).is_dir():
+        idx_dir = _idx_dir()
+        if not all(n3data.find_idx_file(name, idx_dir) for name in n3data.MNIST_FILES):
             pytest.fail(
-                f"MNIST is not available: {path} is missing and "
-                "NETWORK3_MNIST_DIR is not set to a folder with the four IDX "
-                "files. Run `python -m network3 data` (or set "
-                "NETWORK3_MNIST_DIR=../shared/data/mnist).")
+                f"MNIST is not available: {path} is missing and {idx_dir} does "
+                "not hold the four MNIST IDX files. Run `python -m network3 data` "
+                "(or set NETWORK3_MNIST_DIR to a folder that holds them).")
         n3data.build_mnist_pkl(path, idx_dir=idx_dir, download=False)
     return path
 
@@ -70,14 +75,14 @@ def rng():
 @pytest.fixture(scope="session")
 def mnist_idx_dir():
     """The folder of the four original MNIST files (IDX, gzip):
-    $NETWORK3_MNIST_DIR, else ../shared/data/mnist beside the checkout.
-    Fails (never skips) when they are not there."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-    idx_dir = Path(os.environ.get("NETWORK3_MNIST_DIR") or default)
+    $NETWORK3_MNIST_DIR, else data/mnist (where `python -m network3 data`
+    downloads them).  Fails (never skips) when they are not there."""
+    idx_dir = _idx_dir()
     missing = [name for name in n3data.MNIST_FILES
                if not (idx_dir / (name + ".gz")).exists()]
     if missing:
-        pytest.fail(f"MNIST IDX files {missing} are not in {idx_dir}; set "
+        pytest.fail(f"MNIST IDX files {missing} are not in {idx_dir}; run "
+                    "`python -m network3 data` to download them there, or set "
                     "NETWORK3_MNIST_DIR to the folder holding the four "
                     "*-ubyte.gz files.")
     return idx_dir

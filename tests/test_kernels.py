@@ -23,7 +23,8 @@ import pytest
 from pytensor.gradient import verify_grad
 
 import network3
-from network3 import ops, rewrites
+from network3 import ops
+from network3.accel import kernels, rewrites
 
 import references as ref
 
@@ -130,7 +131,7 @@ def test_cols_ops_perform_for_other_backends(case, rng):
     gw = rewrites.Conv2dGradWeightsFromCols(image_shape)(cols, gzv)
     fn = pytensor.function([xv, wv, gzv], [z, gw, cols], mode="FAST_COMPILE")
     z_out, gw_out, cols_out = fn(x, w, gz)
-    per_image = z_out.shape[2] * z_out.shape[3] >= network3.kernels.PER_IMAGE_MIN_PIXELS
+    per_image = z_out.shape[2] * z_out.shape[3] >= kernels.PER_IMAGE_MIN_PIXELS
     assert cols_out.shape[0] == (image_shape[0] if per_image else 1)
     np.testing.assert_allclose(z_out, ref.conv2d(x, w), rtol=1e-10, atol=1e-10)
     _, expected_gw = ref.conv2d_grads(x, w, gz)
@@ -154,7 +155,7 @@ def test_ops_match_pure_tensor_formulation(case, mode, dtype, rng):
 @pytest.mark.parametrize("mode", MODES)
 def test_max_pool_gradient_goes_to_every_tied_maximum(mode):
     # as Theano's max pool and PyTensor's max: ties share nothing, each gets g
-    x = pt.tensor4("x")
+    x = pt.tensor4("x", dtype="float64")
     p = ops.max_pool_2d(x, (1, 1, 3, 5), (2, 2))
     f = pytensor.function([x], pytensor.grad((p * [[[[1.0, 2.0]]]]).sum(), x),
                           mode=compile_mode(mode))
@@ -164,7 +165,7 @@ def test_max_pool_gradient_goes_to_every_tied_maximum(mode):
 
 
 def test_max_pool_propagates_nan_as_max_does():
-    x = pt.tensor4("x")
+    x = pt.tensor4("x", dtype="float64")
     f = pytensor.function([x], ops.max_pool_2d(x, (1, 1, 2, 2), (2, 2)),
                           mode="NUMBA")
     for value in ([[[[np.nan, 1.0], [2.0, 3.0]]]], [[[[1.0, 2.0], [np.nan, 0.0]]]]):
@@ -228,7 +229,7 @@ def test_numba_kernels_run_with_sizes_known_only_at_run_time(rng):
     """ops.conv2d/max_pool_2d fix static shapes, and the Numba kernels are
     specialised on them; called directly on tensors of unknown shape, the
     Ops use the same kernels with the sizes read at run time."""
-    x, w, gz, gp = (pt.tensor4(n) for n in ("x", "w", "gz", "gp"))
+    x, w, gz, gp = (pt.tensor4(n, dtype="float64") for n in ("x", "w", "gz", "gp"))
     z = ops.Conv2d()(x, w)
     p = ops.MaxPool2d((2, 3))(z)
     assert z.type.shape == (None,) * 4

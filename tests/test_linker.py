@@ -14,14 +14,14 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from network3 import kernels, linker
-from network3.rewrites import numba_mode
+from network3.accel import kernels, linker
+from network3.accel.rewrites import numba_mode
 
 rng = np.random.default_rng(5)
 
 
 def _graph():
-    x, w = pt.matrix("x"), pt.matrix("w")
+    x, w = pt.matrix("x", dtype="float64"), pt.matrix("w", dtype="float64")
     y = pt.lvector("y")
     p = pt.special.softmax(pt.tanh(x @ w) * 3.0 + 0.5, axis=1)
     cost = -pt.mean(pt.log(p)[pt.arange(y.shape[0]), y])
@@ -44,7 +44,7 @@ def test_graph_linker_computes_what_pytensors_numba_linker_does():
 
 def test_graph_linker_keeps_updates_of_shared_variables():
     w = pytensor.shared(np.ones(3), name="w")
-    x = pt.vector("x")
+    x = pt.vector("x", dtype="float64")
     step = pytensor.function([x], (w * x).sum(), updates={w: w - 0.5 * x},
                              mode=numba_mode())
     assert step(np.arange(3.0)) == 3.0
@@ -54,7 +54,8 @@ def test_graph_linker_keeps_updates_of_shared_variables():
 
 def test_nodes_with_the_same_key_share_one_jitted_function():
     # static shapes no other test uses: nodes of types new to this process
-    a, b = pt.tensor("a", shape=(3, 4)), pt.tensor("b", shape=(4, 2))
+    a = pt.tensor("a", dtype="float64", shape=(3, 4))
+    b = pt.tensor("b", dtype="float64", shape=(4, 2))
     before = set(linker._NODE_FUNCTIONS)
     first = pytensor.function([a, b], pt.dot(a, b), mode=numba_mode())
     ours = {k: f for k, f in linker._NODE_FUNCTIONS.items() if k not in before}
@@ -77,7 +78,7 @@ def test_nodes_with_the_same_key_share_one_jitted_function():
 def test_nodes_of_other_dimensions_get_functions_of_their_own():
     # the same Op (a sum over axis 0) on a matrix and on a 3-d tensor: one
     # PyTensor key, two generated functions
-    m, t = pt.matrix("m"), pt.tensor3("t")
+    m, t = pt.matrix("m", dtype="float64"), pt.tensor3("t", dtype="float64")
     f = pytensor.function([m, t], [m.sum(axis=0), t.sum(axis=0)], mode=numba_mode())
     a, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 4, 5))
     out = f(a, b)
@@ -90,14 +91,14 @@ def test_nodes_of_other_dimensions_get_functions_of_their_own():
 _RUN = """
 import json, sys
 import numpy as np, pytensor, pytensor.tensor as pt
-from network3.rewrites import numba_mode
-x = pt.matrix("x")
+from network3.accel.rewrites import numba_mode
+x = pt.matrix("x", dtype="float64")
 f = pytensor.function([x], pt.exp(x @ x.T) * {scale} + 1.0, mode=numba_mode())
 out = f(np.arange(6.0).reshape(2, 3) / 10)
 stats = f.vm.jit_fn.stats
 # the libraries of the graph's function and of its nodes' jitted functions
 # (the product's; none when the graph came from the disk cache)
-from network3 import linker
+from network3.accel import linker
 graph, = f.vm.jit_fn.overloads.values()
 nodes = [c.library for fn in linker._NODE_FUNCTIONS.values()
          for c in getattr(fn, "overloads", {{}}).values()]

@@ -21,7 +21,7 @@ from pytensor.tensor.blas import Dot22, Gemm
 from pytensor.tensor.math import Dot
 
 import network3
-from network3 import rewrites
+from network3.accel import rewrites
 from network3.backend import _mode
 
 rng = np.random.default_rng(0)
@@ -325,7 +325,7 @@ def test_numba_gemm_through_numbas_own_blas_binding():
     import sys
     code = """
 import numba, numpy as np
-import network3.kernels as k
+import network3.accel.kernels as k
 k._NUMPY_CBLAS = None
 f = numba.njit(lambda z, a, x, y, b: k.nb_gemm(z, a, x, y, b))
 r = np.random.default_rng(1)

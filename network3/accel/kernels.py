@@ -1,29 +1,27 @@
-"""kernels.py: the arithmetic behind ops.py's Ops, once per backend.
+"""accel/kernels.py: the accelerator's Numba arithmetic.
 
 Notation: x (B, C, H, W) images, w (F, C, kh, kw) kernels, z (B, F, oh, ow)
-the convolution's output, g* gradients, (ph, pw) the pooling window.
+the convolution's output, g* gradients.
 
-* numpy (the Ops' ``perform``: the C backend and the Python VM);
-* Numba (PyTensor's default backend): im2col and BLAS matrix products (one
-  per image or one per batch, see ``PER_IMAGE_MIN_PIXELS``), plain loops for
-  pooling.  Each kernel takes its array sizes as arguments and is inlined
-  into a small wrapper made for each node of the graph, with the node's
-  static shapes as constants: with every loop bound known, LLVM unrolls and
-  vectorises the loops (measured: im2col 2x, pooling 7x and its gradient
-  10x faster than the same loops over run-time sizes).  Functions that only
-  jitted code calls are compiled with ``inner``: no entry point from Python,
-  and no machine code of their own (linker.py);
-* jax.numpy (the JAX backend), registered when jax is installed;
+* conv layers as im2col and BLAS matrix products, one per image or one per
+  batch (``per_image``), from columns that the forward product and the
+  weight gradient share (rewrites.py's ``Im2col``); numpy versions of the
+  same for those Ops' ``perform``.  Each kernel takes its sizes as
+  arguments and is inlined into a node function with the node's static
+  shapes as constants, so LLVM unrolls and vectorises its loops.  Functions
+  that only jitted code calls are compiled with ``inner``: no entry point
+  from Python, and no machine code of their own (linker.py);
 * BLAS for Numba: ``nb_gemm`` (z <- b z + a x y in place, with any operand
-  layout, which Numba's np.dot cannot do), used by rewrites.py's Ops and the
-  conv kernels, and ``nb_sum_of_squares`` (a loop);
-* plain Numba loops for rewrites.py's other Ops (softmax over rows, the
-  cost's label pick and its gradient, sums keeping one axis, argmax over
-  rows): each compiles in a fraction of the time of PyTensor's general
-  version, which is what they are for.
+  layout, which Numba's np.dot cannot do) through numpy's own OpenBLAS,
+  and ``nb_sum_of_squares`` (a loop);
+* a float32 sigmoid whose exp LLVM can vectorise (``nb_sigmoid``);
+* plain loops for rewrites.py's other Ops (softmax over rows, the cost's
+  label pick and its gradient, sums keeping one axis, argmax over rows):
+  each compiles in a fraction of the time of PyTensor's general version.
 
-The tests check all three against independent numpy/scipy references and
-against ``ops.conv2d_reference``/``max_pool_2d_reference``.
+This module reaches into Numba's internals (intrinsics, its BLAS helper)
+and numpy's bundled OpenBLAS: ``accel/__init__.py`` checks it before use.
+The tests check it against independent numpy/scipy references.
 """
 
 import hashlib
@@ -36,42 +34,17 @@ from numba.core import cgutils, types
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
-
-#### numpy
-def im2col(x, kh, kw):
-    """(B, C, H, W) -> (C*kh*kw, B*oh*ow): column (b, i, j) holds the
-    flipped patch of x that output pixel (b, i, j) sees."""
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    windows = windows[..., ::-1, ::-1]            # (B, C, oh, ow, kh, kw), flipped
-    return windows.transpose(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1)
+from .. import numba_ops
+from ..numba_ops import nb_filter_major, nb_im2col
+from ..ops import im2col
 
 
-def col2im(cols, x_shape, kh, kw):
-    """The transpose of ``im2col``: add each column back onto its patch."""
-    B, C, H, W = x_shape
-    oh, ow = H - kh + 1, W - kw + 1
-    cols = cols.reshape(C, kh, kw, B, oh, ow)
-    gx = np.zeros(x_shape, cols.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            # kernel entry (u, v) met the pixels shifted by (kh-1-u, kw-1-v)
-            su, sv = kh - 1 - u, kw - 1 - v
-            gx[:, :, su:su + oh, sv:sv + ow] += cols[:, u, v].transpose(1, 0, 2, 3)
-    return gx
-
-
-def conv2d(x, w):
-    F, _C, kh, kw = w.shape
-    B, _, H, W = x.shape
-    z = w.reshape(F, -1) @ im2col(x, kh, kw)     # (F, B*oh*ow)
-    return z.reshape(F, B, H - kh + 1, W - kw + 1).transpose(1, 0, 2, 3)
-
-
+#### numpy (the ``perform`` of rewrites.py's conv Ops)
 def im2col_groups(x, kh, kw):
     """As ``nb_im2col_groups``: (B, C*kh*kw, oh*ow) per image when
-    oh*ow >= PER_IMAGE_MIN_PIXELS, else (1, C*kh*kw, B*oh*ow)."""
+    ``per_image``, else (1, C*kh*kw, B*oh*ow)."""
     B, _C, H, W = x.shape
-    if (H - kh + 1) * (W - kw + 1) >= PER_IMAGE_MIN_PIXELS:
+    if per_image(H - kh + 1, W - kw + 1):
         return np.stack([im2col(x[b:b + 1], kh, kw) for b in range(B)])
     return im2col(x, kh, kw)[None]
 
@@ -94,40 +67,6 @@ def conv2d_grad_weights_cols(cols, gz, x_shape):
     return gw.reshape(F, C, H - oh + 1, W - ow + 1)
 
 
-def conv2d_grad_inputs(gz, w):
-    B, F, oh, ow = gz.shape
-    _, C, kh, kw = w.shape
-    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
-    gcols = w.reshape(F, -1).T @ gz               # (C*kh*kw, B*oh*ow)
-    return col2im(gcols, (B, C, oh + kh - 1, ow + kw - 1), kh, kw)
-
-
-def conv2d_grad_weights(x, gz):
-    _B, F, oh, ow = gz.shape
-    kh, kw = x.shape[2] - oh + 1, x.shape[3] - ow + 1
-    gz = gz.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, B*oh*ow)
-    gw = gz @ im2col(x, kh, kw).T                 # (F, C*kh*kw)
-    return gw.reshape(F, x.shape[1], kh, kw)
-
-
-def _windows(x, ph, pw, oh, ow):
-    B, C = x.shape[:2]
-    return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
-
-
-def max_pool(x, ph, pw):
-    return _windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
-
-
-def max_pool_grad(x, pooled, gz, ph, pw):
-    B, C, oh, ow = pooled.shape
-    is_max = _windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
-    gx = np.zeros_like(x)                         # the dropped border stays 0
-    gx[:, :, :oh * ph, :ow * pw] = (
-        is_max * gz[:, :, :, None, :, None]).reshape(B, C, oh * ph, ow * pw)
-    return gx
-
-
 #### Numba
 # ``inline="always"``: compiled into the caller, where the sizes are constants.
 inline = numba.njit(inline="always")
@@ -140,23 +79,6 @@ def inner(fn=None, **options):
     its own: it runs as the copy linked into the graph's function."""
     jit = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **options)
     return jit if fn is None else jit(fn)
-
-
-@inline
-def nb_im2col(x, B, C, H, W, kh, kw):
-    """As ``im2col``."""
-    x = np.ascontiguousarray(x)
-    oh, ow = H - kh + 1, W - kw + 1
-    cols = np.empty((C, kh, kw, B, oh, ow), x.dtype)
-    for c in range(C):
-        for u in range(kh):
-            for v in range(kw):
-                su, sv = kh - 1 - u, kw - 1 - v   # the kernel flip
-                for b in range(B):
-                    for i in range(oh):
-                        for j in range(ow):
-                            cols[c, u, v, b, i, j] = x[b, c, i + su, j + sv]
-    return cols.reshape(C * kh * kw, B * oh * ow)
 
 
 @inline
@@ -179,33 +101,14 @@ def nb_im2col_per_image(x, B, C, H, W, kh, kw):
 # Large outputs per image (the book's first layer, 24 x 24) take one matrix
 # product per image, written straight into the (B, F, oh, ow) layout; small
 # ones (its second layer, 8 x 8) one product for the batch, whose result is
-# then transposed.  Measured on the book's layers (forward, weight gradient,
-# ms; scripts/bench_products.py): first layer 0.12, 0.16 per batch vs 0.07,
-# 0.10 per image; second layer 0.27, 0.31 per batch vs 0.35, 0.35 per image.
+# then transposed: BLAS is faster so on each (scripts/bench_products.py).
 PER_IMAGE_MIN_PIXELS = 256
 
 
-@inline
-def nb_filter_major(z, B, F, oh, ow):
-    """(B, F, oh, ow) -> (F, B*oh*ow), the layout of the matrix products."""
-    z = np.ascontiguousarray(z).reshape(B, F, oh * ow)
-    out = np.empty((F, B, oh * ow), z.dtype)
-    for f in range(F):
-        for b in range(B):
-            for p in range(oh * ow):
-                out[f, b, p] = z[b, f, p]
-    return out.reshape(F, B * oh * ow)
-
-
-@inline
-def nb_im2col_groups(x, B, C, H, W, kh, kw):
-    """The columns both products of a layer read, grouped as those products
-    take them: (B, C*kh*kw, oh*ow), a matrix per image, for large outputs;
-    else (1, C*kh*kw, B*oh*ow), one for the batch."""
-    oh, ow = H - kh + 1, W - kw + 1
-    if oh * ow >= PER_IMAGE_MIN_PIXELS:
-        return nb_im2col_per_image(x, B, C, H, W, kh, kw)
-    return nb_im2col_batch(x, B, C, H, W, kh, kw)
+def per_image(oh, ow, min_pixels=None):
+    """Whether a conv layer with (oh, ow) outputs takes one product per image
+    (else one for the batch): the one place that decides."""
+    return oh * ow >= (PER_IMAGE_MIN_PIXELS if min_pixels is None else min_pixels)
 
 
 @inline
@@ -215,22 +118,8 @@ def nb_im2col_batch(x, B, C, H, W, kh, kw):
     return nb_im2col(x, B, C, H, W, kh, kw).reshape(1, C * kh * kw, B * oh * ow)
 
 
-@inline
-def nb_conv2d(x, w, B, C, H, W, F, kh, kw):
-    cols = nb_im2col_groups(x, B, C, H, W, kh, kw)
-    return nb_conv2d_cols(cols, w, B, F, H - kh + 1, W - kw + 1, C * kh * kw)
-
-
-@inline
-def nb_conv2d_cols(cols, w, B, F, oh, ow, K):
-    """The convolution from ``nb_im2col_groups``'s columns (K = C*kh*kw)."""
-    if oh * ow >= PER_IMAGE_MIN_PIXELS:
-        return nb_conv2d_cols_per_image(cols, w, B, F, oh, ow, K)
-    return nb_conv2d_cols_batch(cols, w, B, F, oh, ow, K)
-
-
-# The two groupings as functions of their own, so that rewrites.py can
-# compile just the one a layer uses (Numba compiles both branches of an if)
+# The two groupings as functions of their own, so that rewrites.py
+# compiles just the one a layer uses (``per_image``)
 @inline
 def nb_conv2d_cols_per_image(cols, w, B, F, oh, ow, K):
     kernels = np.ascontiguousarray(w).reshape(F, K)
@@ -273,21 +162,6 @@ def nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw):
 
 
 @inline
-def nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow):
-    kh, kw = H - oh + 1, W - ow + 1
-    cols = nb_im2col_groups(x, B, C, H, W, kh, kw)
-    return nb_conv2d_grad_weights_cols(cols, gz, B, F, oh, ow, C, kh, kw)
-
-
-@inline
-def nb_conv2d_grad_weights_cols(cols, gz, B, F, oh, ow, C, kh, kw):
-    """The weight gradient from ``nb_im2col_groups``'s columns."""
-    if oh * ow >= PER_IMAGE_MIN_PIXELS:
-        return nb_conv2d_grad_weights_cols_per_image(cols, gz, B, F, oh, ow, C, kh, kw)
-    return nb_conv2d_grad_weights_cols_batch(cols, gz, B, F, oh, ow, C, kh, kw)
-
-
-@inline
 def nb_conv2d_grad_weights_cols_per_image(cols, gz, B, F, oh, ow, C, kh, kw):
     gw = np.empty((F, C * kh * kw), cols.dtype)
     gz = np.ascontiguousarray(gz).reshape(B, F, oh * ow)
@@ -309,47 +183,6 @@ def nb_conv2d_grad_weights_cols_batch(cols, gz, B, F, oh, ow, C, kh, kw):
         for k in range(K):
             gw[f, k] = gwT[k, f]
     return gw.reshape(F, C, kh, kw)
-
-
-@inline
-def nb_max_pool(x, B, C, H, W, ph, pw):
-    oh, ow = H // ph, W // pw
-    x = np.ascontiguousarray(x).reshape(B * C, H, W)
-    out = np.empty((B * C, oh, ow), x.dtype)
-    for p in range(B * C):
-        for i in range(oh):
-            for j in range(ow):
-                m = x[p, i * ph, j * pw]
-                for u in range(ph):
-                    for v in range(pw):
-                        t = x[p, i * ph + u, j * pw + v]
-                        # a NaN, once met, is kept (as np.max)
-                        m = t if (t > m or t != t) else m
-                out[p, i, j] = m
-    return out.reshape(B, C, oh, ow)
-
-
-@inline
-def nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw):
-    oh, ow = H // ph, W // pw
-    x = np.ascontiguousarray(x).reshape(B * C, H, W)
-    pooled = np.ascontiguousarray(pooled).reshape(B * C, oh, ow)
-    gz = np.ascontiguousarray(gz).reshape(B * C, oh, ow)
-    if H % ph or W % pw:
-        gx = np.zeros((B * C, H, W), gz.dtype)   # the dropped border stays 0
-    else:
-        gx = np.empty((B * C, H, W), gz.dtype)   # every element written below
-    zero = gz.dtype.type(0)
-    for p in range(B * C):
-        for i in range(oh):
-            for u in range(ph):
-                for j in range(ow):
-                    m, g = pooled[p, i, j], gz[p, i, j]
-                    for v in range(pw):
-                        # gz * (x == max), as PyTensor's gradient of max
-                        at_max = x[p, i * ph + u, j * pw + v] == m
-                        gx[p, i * ph + u, j * pw + v] = g if at_max else zero
-    return gx.reshape(B, C, H, W)
 
 
 #### BLAS for Numba: gemm with any operand layout, and a sum of squares
@@ -691,146 +524,5 @@ def nb_argmax_rows(x):
     return out
 
 
-def _numba_wrapper(node, op):
-    """A jitted function of the node's inputs that calls the node's kernel
-    with the sizes as constants where the graph knows them statically."""
-    in_shapes = [v.type.shape for v in node.inputs]
-    static = all(d is not None for shape in in_shapes for d in shape)
-    name = type(op).__name__
-    if name == "Conv2d":
-        (B, C, H, W), (F, _, kh, kw) = in_shapes
-        if static:
-            def fn(x, w):
-                return nb_conv2d(x, w, B, C, H, W, F, kh, kw)
-        else:
-            def fn(x, w):
-                B, C, H, W = x.shape
-                F, _, kh, kw = w.shape
-                return nb_conv2d(x, w, B, C, H, W, F, kh, kw)
-    elif name == "Conv2dGradInputs":
-        (B, F, oh, ow), (_, C, kh, kw) = in_shapes
-        if static:
-            def fn(gz, w):
-                return nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw)
-        else:
-            def fn(gz, w):
-                B, F, oh, ow = gz.shape
-                _, C, kh, kw = w.shape
-                return nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw)
-    elif name == "Conv2dGradWeights":
-        (B, C, H, W), (_, F, oh, ow) = in_shapes
-        if static:
-            def fn(x, gz):
-                return nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow)
-        else:
-            def fn(x, gz):
-                B, C, H, W = x.shape
-                _, F, oh, ow = gz.shape
-                return nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow)
-    elif name == "MaxPool2d":
-        (B, C, H, W), = in_shapes
-        ph, pw = op.poolsize
-        if static:
-            def fn(x):
-                return nb_max_pool(x, B, C, H, W, ph, pw)
-        else:
-            def fn(x):
-                B, C, H, W = x.shape
-                return nb_max_pool(x, B, C, H, W, ph, pw)
-    elif name == "MaxPool2dGrad":
-        (B, C, H, W) = in_shapes[0]
-        ph, pw = op.poolsize
-        if static:
-            def fn(x, pooled, gz):
-                return nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw)
-        else:
-            def fn(x, pooled, gz):
-                B, C, H, W = x.shape
-                return nb_max_pool_grad(x, pooled, gz, B, C, H, W, ph, pw)
-    else:
-        raise TypeError(f"no Numba kernel for {op}")
-    fn.__name__ = name
-    # PyTensor's on-disk cache key: the Op, the static shapes and this
-    # file's source, so that editing a kernel never runs a stale cached one
-    key = hashlib.sha256(
-        f"network3 {name} {op._props_dict()} {in_shapes} {_SOURCE}".encode()).hexdigest()
-    return inner(fn), key
-
-
-#### JAX
-def _jax_functions():
-    import jax
-    import jax.numpy as jnp
-
-    # The same im2col formulation in jax.numpy (on CPU at small batches it
-    # beat XLA's own convolution); the gradients are JAX's own VJPs of it.
-    def conv(x, w):
-        B, C, H, W = x.shape
-        F, _, kh, kw = w.shape
-        oh, ow = H - kh + 1, W - kw + 1
-        views = [x[:, :, u:u + oh, v:v + ow]
-                 for u in reversed(range(kh)) for v in reversed(range(kw))]
-        cols = jnp.stack(views, axis=2)           # (B, C, kh*kw, oh, ow)
-        cols = cols.transpose(0, 3, 4, 1, 2).reshape(B * oh * ow, C * kh * kw)
-        z = cols @ w.reshape(F, C * kh * kw).T    # (B*oh*ow, F)
-        return z.reshape(B, oh, ow, F).transpose(0, 3, 1, 2)
-
-    def conv_grad_inputs(gz, w):
-        x = jnp.zeros((gz.shape[0], w.shape[1], gz.shape[2] + w.shape[2] - 1,
-                       gz.shape[3] + w.shape[3] - 1), gz.dtype)
-        return jax.vjp(lambda x: conv(x, w), x)[1](gz)[0]
-
-    def conv_grad_weights(x, gz):
-        w = jnp.zeros((gz.shape[1], x.shape[1], x.shape[2] - gz.shape[2] + 1,
-                       x.shape[3] - gz.shape[3] + 1), x.dtype)
-        return jax.vjp(lambda w: conv(x, w), w)[1](gz)[0]
-
-    def windows(x, ph, pw, oh, ow):
-        B, C = x.shape[:2]
-        return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
-
-    def pool(x, ph, pw):
-        return windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
-
-    def pool_grad(x, pooled, gz, ph, pw):
-        B, C, oh, ow = pooled.shape
-        is_max = windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
-        g = (is_max * gz[:, :, :, None, :, None]).astype(gz.dtype)
-        g = g.reshape(B, C, oh * ph, ow * pw)
-        return jnp.zeros(x.shape, gz.dtype).at[:, :, :oh * ph, :ow * pw].set(g)
-
-    return {"Conv2d": conv, "Conv2dGradInputs": conv_grad_inputs,
-            "Conv2dGradWeights": conv_grad_weights, "MaxPool2d": pool,
-            "MaxPool2dGrad": pool_grad}
-
-
-#### Registration with PyTensor's backends
-def register(*op_classes):
-    """Tell PyTensor's Numba and JAX backends how to run ``op_classes``."""
-    from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
-    for op_class in op_classes:
-        register_funcify_and_cache_key(op_class)(
-            lambda op, node, **kwargs: _numba_wrapper(node, op))
-    try:
-        from pytensor.link.jax.dispatch import jax_funcify
-        functions = _jax_functions()
-    except ImportError:  # jax is optional: only the JAX backend needs it
-        return
-    for op_class in op_classes:
-        jax_funcify.register(op_class)(_jax_funcify)
-    _JAX.update(functions)
-
-
-_JAX = {}
-
-
-def _jax_funcify(op, node=None, **kwargs):
-    function = _JAX[type(op).__name__]
-    poolsize = getattr(op, "poolsize", ())
-    # PyTensor's JAX backend may hand a float32 Op a float64 input: cast to
-    # the output's dtype
-    dtype = node.outputs[0].dtype
-    return lambda *inputs: function(*(i.astype(dtype) for i in inputs), *poolsize)
-
-
-_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+# this file and numba_ops.py, whose loops the kernels inline
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest() + numba_ops._SOURCE

@@ -1,4 +1,4 @@
-"""rewrites.py: graph rewrites that make the book's SGD step cheaper on
+"""accel/rewrites.py: graph rewrites that make the book's SGD step cheaper on
 PyTensor's Numba backend, to run or to compile, without changing what it
 computes.
 
@@ -97,6 +97,7 @@ from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 from pytensor.tensor.type_other import NoneTypeT
 
+from ..ops import Conv2d, Conv2dGradInputs, Conv2dGradWeights
 from . import kernels
 from .kernels import (
     inner,
@@ -110,7 +111,6 @@ from .kernels import (
     nb_take_rows,
 )
 from .linker import GraphLinker
-from .ops import Conv2d, Conv2dGradWeights
 
 
 #### Rewrites
@@ -438,7 +438,7 @@ class Im2col(Op):
     def make_node(self, x):
         B, C, H, W = x.type.shape
         oh, ow = H - self.kh + 1, W - self.kw + 1
-        if oh * ow >= kernels.PER_IMAGE_MIN_PIXELS:
+        if kernels.per_image(oh, ow):
             shape = (B, C * self.kh * self.kw, oh * ow)
         else:
             shape = (1, C * self.kh * self.kw, B * oh * ow)
@@ -507,6 +507,20 @@ def local_conv_cols(fgraph, node):
     if isinstance(node.op, Conv2d):
         return [Conv2dFromCols(x.type.shape)(cols, other)]
     return [Conv2dGradWeightsFromCols(x.type.shape)(cols, other)]
+
+
+class BlasConv2dGradInputs(Conv2dGradInputs):
+    """``Conv2dGradInputs`` whose product goes through ``kernels.nb_gemm``
+    (the transposed kernels handed to BLAS without a copy)."""
+
+
+@node_rewriter([Conv2dGradInputs])
+def local_blas_conv_grad_inputs(fgraph, node):
+    gz, w = node.inputs
+    if (type(node.op) is not Conv2dGradInputs or None in gz.type.shape + w.type.shape
+            or gz.type.dtype != w.type.dtype):
+        return None
+    return [BlasConv2dGradInputs()(gz, w)]
 
 
 class FlatElemwise(Elemwise):
@@ -617,7 +631,7 @@ _FLOATS = ("float32", "float64")
 _REWRITES = dfs_rewriter(local_sgd_step_to_gemm, local_sum_of_squares, local_dot_to_dot22,
                          local_row_softmax, local_take_rows, local_put_rows, local_sum_keep,
                          local_shape_check, local_row_argmax, local_fast_sigmoid,
-                         local_conv_cols,
+                         local_conv_cols, local_blas_conv_grad_inputs,
                          name="network3_sgd_rewrites")
 # after PyTensor's fusion of element-wise loops (49), before its in-place
 # rewrites (49.5 on), which keep the FlatElemwise class
@@ -626,7 +640,9 @@ _AFTER_FUSION = dfs_rewriter(local_flat_elemwise, name="network3_flat_elemwise")
 
 def numba_mode():
     """PyTensor's Numba mode with this module's rewrites, compiled with
-    linker.py's ``GraphLinker``."""
+    linker.py's ``GraphLinker`` (registering this module's Numba functions
+    the first time)."""
+    register()
     rewrites = get_mode("NUMBA").register(
         (_REWRITES, 48.5), (_AFTER_FUSION, 49.2)).provided_optimizer
     return Mode(linker=GraphLinker(), optimizer=rewrites)
@@ -743,10 +759,8 @@ def _numba_funcify_im2col(op, node, **kwargs):
     B, C, H, W = node.inputs[0].type.shape
     kh, kw = op.kh, op.kw
 
-    # one grouping, chosen here: Numba would compile both branches of
-    # nb_im2col_groups (and below, of nb_conv2d_cols and
-    # nb_conv2d_grad_weights_cols)
-    per_image = (H - kh + 1) * (W - kw + 1) >= kernels.PER_IMAGE_MIN_PIXELS
+    # one grouping, chosen here, so that Numba compiles only its kernel
+    per_image = kernels.per_image(H - kh + 1, W - kw + 1)
     kernel = kernels.nb_im2col_per_image if per_image else kernels.nb_im2col_batch
 
     @inner
@@ -760,7 +774,7 @@ def _numba_funcify_conv2d_from_cols(op, node, **kwargs):
     F, _, kh, kw = node.inputs[1].type.shape
     oh, ow, K = H - kh + 1, W - kw + 1, C * kh * kw
 
-    per_image = oh * ow >= kernels.PER_IMAGE_MIN_PIXELS
+    per_image = kernels.per_image(oh, ow)
     kernel = kernels.nb_conv2d_cols_per_image if per_image else kernels.nb_conv2d_cols_batch
 
     @inner
@@ -774,7 +788,7 @@ def _numba_funcify_conv2d_grad_weights_from_cols(op, node, **kwargs):
     _, F, oh, ow = node.inputs[1].type.shape
     kh, kw = H - oh + 1, W - ow + 1
 
-    per_image = oh * ow >= kernels.PER_IMAGE_MIN_PIXELS
+    per_image = kernels.per_image(oh, ow)
     kernel = (kernels.nb_conv2d_grad_weights_cols_per_image if per_image
               else kernels.nb_conv2d_grad_weights_cols_batch)
 
@@ -783,6 +797,16 @@ def _numba_funcify_conv2d_grad_weights_from_cols(op, node, **kwargs):
         return kernel(cols, gz, B, F, oh, ow, C, kh, kw)
     return conv2d_grad_weights_from_cols, _cache_key(
         f"conv2d_grad_weights_cols {B} {F} {oh} {ow} {C} {kh} {kw} {per_image}")
+
+
+def _numba_funcify_conv2d_grad_inputs(op, node, **kwargs):
+    (B, F, oh, ow), (_, C, kh, kw) = (v.type.shape for v in node.inputs)
+
+    @inner
+    def conv2d_grad_inputs(gz, w):
+        return kernels.nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw)
+    return conv2d_grad_inputs, _cache_key(
+        f"conv2d_grad_inputs {B} {F} {oh} {ow} {C} {kh} {kw}")
 
 
 def _numba_funcify_flat_elemwise(op, node, **kwargs):
@@ -840,28 +864,40 @@ def _numba_funcify_put_rows(op, node, **kwargs):
     return put_rows, _cache_key(f"put_rows {n_classes}")
 
 
+# What each of this module's Ops (and PyTensor's Gemm and Dot22, which have
+# no Numba implementation of their own) runs in Numba
+NUMBA_FUNCTIONS = {
+    Gemm: _numba_funcify_gemm,
+    Dot22: _numba_funcify_dot22,
+    SumOfSquares: _numba_funcify_sum_of_squares,
+    RowSoftmax: _numba_funcify_row_softmax,
+    TakeRows: _numba_funcify_take_rows,
+    PutRows: _numba_funcify_put_rows,
+    SumKeep: _numba_funcify_sum_keep,
+    ShapeCheck: _numba_funcify_shape_check,
+    RowArgmax: _numba_funcify_row_argmax,
+    FastSigmoid: _numba_funcify_fast_sigmoid,
+    Im2col: _numba_funcify_im2col,
+    FlatElemwise: _numba_funcify_flat_elemwise,
+    Conv2dFromCols: _numba_funcify_conv2d_from_cols,
+    Conv2dGradWeightsFromCols: _numba_funcify_conv2d_grad_weights_from_cols,
+    BlasConv2dGradInputs: _numba_funcify_conv2d_grad_inputs,
+}
+
+
 def register():
-    """Give PyTensor's Numba backend the Gemm and Dot22 Ops (it has
-    neither) and this module's Ops."""
+    """Register ``NUMBA_FUNCTIONS`` with PyTensor's Numba dispatch (once)."""
     from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
-    register_funcify_and_cache_key(Gemm)(_numba_funcify_gemm)
-    register_funcify_and_cache_key(Dot22)(_numba_funcify_dot22)
-    register_funcify_and_cache_key(SumOfSquares)(_numba_funcify_sum_of_squares)
-    register_funcify_and_cache_key(RowSoftmax)(_numba_funcify_row_softmax)
-    register_funcify_and_cache_key(TakeRows)(_numba_funcify_take_rows)
-    register_funcify_and_cache_key(PutRows)(_numba_funcify_put_rows)
-    register_funcify_and_cache_key(SumKeep)(_numba_funcify_sum_keep)
-    register_funcify_and_cache_key(ShapeCheck)(_numba_funcify_shape_check)
-    register_funcify_and_cache_key(RowArgmax)(_numba_funcify_row_argmax)
-    register_funcify_and_cache_key(FastSigmoid)(_numba_funcify_fast_sigmoid)
-    register_funcify_and_cache_key(Im2col)(_numba_funcify_im2col)
-    register_funcify_and_cache_key(FlatElemwise)(_numba_funcify_flat_elemwise)
-    register_funcify_and_cache_key(Conv2dFromCols)(_numba_funcify_conv2d_from_cols)
-    register_funcify_and_cache_key(Conv2dGradWeightsFromCols)(
-        _numba_funcify_conv2d_grad_weights_from_cols)
+    if _registered:
+        return
+    for op_class, funcify in NUMBA_FUNCTIONS.items():
+        register_funcify_and_cache_key(op_class)(funcify)
+    _registered.append(True)
+
+
+_registered = []
 
 
 # the cache keys: this file and kernels.py, so that editing either never
 # runs a stale cached function
 _SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest() + kernels._SOURCE
-register()

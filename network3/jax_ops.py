@@ -1,0 +1,79 @@
+"""jax_ops.py: ops.py's Ops for PyTensor's JAX backend (CPU or GPU).
+
+The same im2col formulation as ``ops.conv2d_reference`` in jax.numpy (on
+the CPU at small batches it beat XLA's own convolution); the gradients are
+JAX's own VJPs of it.  Pooling as a reshape into windows and a max.
+``ops.py`` imports this module when an Op is put in a graph after jax was
+imported, and ``backend`` when the JAX backend is chosen: importing
+network3 never imports jax.
+"""
+
+import jax
+import jax.numpy as jnp
+from pytensor.link.jax.dispatch import jax_funcify
+
+from . import ops
+
+# PyTensor's JAX backend turns JAX's 64-bit types on only when floatX is
+# float64 as it imports; network3 sets floatX to float32, and its float64
+# networks (and PyTensor's float64 accumulators) need them on.
+jax.config.update("jax_enable_x64", True)
+
+
+def conv(x, w):
+    B, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    oh, ow = H - kh + 1, W - kw + 1
+    views = [x[:, :, u:u + oh, v:v + ow]
+             for u in reversed(range(kh)) for v in reversed(range(kw))]
+    cols = jnp.stack(views, axis=2)           # (B, C, kh*kw, oh, ow)
+    cols = cols.transpose(0, 3, 4, 1, 2).reshape(B * oh * ow, C * kh * kw)
+    z = cols @ w.reshape(F, C * kh * kw).T    # (B*oh*ow, F)
+    return z.reshape(B, oh, ow, F).transpose(0, 3, 1, 2)
+
+
+def conv_grad_inputs(gz, w):
+    x = jnp.zeros((gz.shape[0], w.shape[1], gz.shape[2] + w.shape[2] - 1,
+                   gz.shape[3] + w.shape[3] - 1), gz.dtype)
+    return jax.vjp(lambda x: conv(x, w), x)[1](gz)[0]
+
+
+def conv_grad_weights(x, gz):
+    w = jnp.zeros((gz.shape[1], x.shape[1], x.shape[2] - gz.shape[2] + 1,
+                   x.shape[3] - gz.shape[3] + 1), x.dtype)
+    return jax.vjp(lambda w: conv(x, w), w)[1](gz)[0]
+
+
+def windows(x, ph, pw, oh, ow):
+    B, C = x.shape[:2]
+    return x[:, :, :oh * ph, :ow * pw].reshape(B, C, oh, ph, ow, pw)
+
+
+def pool(x, ph, pw):
+    return windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
+
+
+def pool_grad(x, pooled, gz, ph, pw):
+    B, C, oh, ow = pooled.shape
+    is_max = windows(x, ph, pw, oh, ow) == pooled[:, :, :, None, :, None]
+    g = (is_max * gz[:, :, :, None, :, None]).astype(gz.dtype)
+    g = g.reshape(B, C, oh * ph, ow * pw)
+    return jnp.zeros(x.shape, gz.dtype).at[:, :, :oh * ph, :ow * pw].set(g)
+
+
+FUNCTIONS = {ops.Conv2d: conv, ops.Conv2dGradInputs: conv_grad_inputs,
+             ops.Conv2dGradWeights: conv_grad_weights, ops.MaxPool2d: pool,
+             ops.MaxPool2dGrad: pool_grad}
+
+
+def _jax_funcify(op, node=None, **kwargs):
+    function = FUNCTIONS[type(op)]
+    poolsize = getattr(op, "poolsize", ())
+    # PyTensor's JAX backend may hand a float32 Op a float64 input: cast to
+    # the output's dtype
+    dtype = node.outputs[0].dtype
+    return lambda *inputs: function(*(i.astype(dtype) for i in inputs), *poolsize)
+
+
+for _op_class in FUNCTIONS:
+    jax_funcify.register(_op_class)(_jax_funcify)
