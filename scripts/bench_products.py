@@ -8,21 +8,22 @@ README's "what made the difference" list quotes, in one run.
   (1000, 1000).T, with the result in C order (BLAS packs the weights with a
   transposing copy) and in F order (what ``rewrites.Dot22`` does);
 * the book's two conv layers, forward and weight gradient, with one BLAS
-  product per image and one per batch (``kernels.PER_IMAGE_MIN_PIXELS``).
+  product per image and one per batch (``kernels.per_image`` chooses).
 
 Medians of repeated calls, one BLAS thread, after a warm-up call:
 
     python scripts/bench_products.py
 """
 
+import argparse
 import time
 
 import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from network3 import kernels
-from network3.kernels import nb_gemm
+from network3.accel import kernels
+from network3.accel.kernels import nb_gemm
 
 
 def median_ms(fn, *args, calls=300, rounds=5):
@@ -51,13 +52,19 @@ def gemm_f(x, y):
     return nb_gemm(np.empty((y.shape[1], x.shape[0]), x.dtype).T, 1.0, x, y, 0.0)
 
 
-def conv_functions(B, C, H, W, F, k):
-    """Forward and weight gradient of one conv layer, compiled with the
-    current kernels.PER_IMAGE_MIN_PIXELS (read when Numba compiles)."""
-    oh, ow = H - k + 1, W - k + 1
-    forward = numba.njit(lambda x, w: kernels.nb_conv2d(x, w, B, C, H, W, F, k, k))
+def conv_functions(B, C, H, W, F, k, per_image):
+    """Forward and weight gradient of one conv layer from its im2col columns,
+    with one product per image or one per batch."""
+    oh, ow, K = H - k + 1, W - k + 1, C * k * k
+    if per_image:
+        im2col, conv = kernels.nb_im2col_per_image, kernels.nb_conv2d_cols_per_image
+        grad = kernels.nb_conv2d_grad_weights_cols_per_image
+    else:
+        im2col, conv = kernels.nb_im2col_batch, kernels.nb_conv2d_cols_batch
+        grad = kernels.nb_conv2d_grad_weights_cols_batch
+    forward = numba.njit(lambda x, w: conv(im2col(x, B, C, H, W, k, k), w, B, F, oh, ow, K))
     grad_w = numba.njit(
-        lambda x, gz: kernels.nb_conv2d_grad_weights(x, gz, B, C, H, W, F, oh, ow))
+        lambda x, gz: grad(im2col(x, B, C, H, W, k, k), gz, B, F, oh, ow, C, k, k))
     return forward, grad_w
 
 
@@ -76,20 +83,18 @@ def main():
 
     print("\n| conv layer | products | forward ms | weight gradient ms |")
     print("| --- | --- | --- | --- |")
-    default = kernels.PER_IMAGE_MIN_PIXELS
     for B, C, H, W, F in [(10, 1, 28, 28, 20), (10, 20, 12, 12, 40)]:
         images = rng.random((B, C, H, W), dtype=f32)
         kernels_ = rng.random((F, C, 5, 5), dtype=f32)
         gz = rng.random((B, F, H - 4, W - 4), dtype=f32)
-        for label, threshold in [("per image", 0), ("per batch", 10**9)]:
-            kernels.PER_IMAGE_MIN_PIXELS = threshold
-            forward, grad_w = conv_functions(B, C, H, W, F, 5)
+        for label, per_image in [("per image", True), ("per batch", False)]:
+            forward, grad_w = conv_functions(B, C, H, W, F, 5, per_image)
             print(f"| {C}->{F} channels, {H}x{W} | {label} | "
                   f"{median_ms(forward, images, kernels_):.3f} | "
                   f"{median_ms(grad_w, images, gz):.3f} |")
-        kernels.PER_IMAGE_MIN_PIXELS = default
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     with threadpool_limits(limits=1, user_api="blas"):
         main()

@@ -31,21 +31,29 @@ def worker(net, steps, gpu):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def gpus():
+    """The GPUs jax sees, asked in a fresh process (a process that imported
+    a CPU build of jax keeps it, even after pip installs a CUDA one); None
+    when it sees none or jax is missing."""
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices('gpu'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--cpu-steps", type=int, default=200)
-    args = parser.parse_args()
-    try:
-        import jax
-        gpus = jax.devices("gpu")
-    except Exception:
+    args = parser.parse_args(argv)
+    found = gpus()
+    if found is None:
         print("jax sees no GPU: installing jax[cuda12]", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "jax[cuda12]"],
                        check=True)
-        import jax
-        gpus = jax.devices("gpu")
-    print(f"GPU: {gpus}")
+        found = gpus()
+        if found is None:
+            sys.exit("jax still sees no GPU after installing jax[cuda12]")
+    print(f"GPU: {found}")
     # (epochs, mini-batches per epoch, networks) of the book's runs
     book = {"dbl_conv_relu": (60, 5000, 1), "double_fc_dropout": (40, 25000, 5)}
     print("| net | device | ms per step | s per epoch (50,000 images) | first call s "
