@@ -243,7 +243,7 @@ def main():
     # asked of a child process: importing network3 here would raise the peak
     # memory that the measuring processes inherit
     blas = subprocess.run(
-        [sys.executable, "-c", "from network3 import kernels; "
+        [sys.executable, "-c", "from network3.accel import kernels; "
          "print(kernels._NUMPY_CBLAS or \"SciPy's, through Numba\")"],
         capture_output=True, text=True).stdout.strip() or "unknown"
     print(f"# {os.cpu_count()} cores; mini-batch {MINI_BATCH}, float32; "
