@@ -1,16 +1,23 @@
 """results_table.py: write RESULTS.md from the results files of scripts/conv.py.
 
 Every figure in the table is read from ``results/*.jsonl`` (one record per
-training run, written by the run itself), never typed in.  Runs of the same
-experiment with the same settings are grouped; as in the book, the group's
-figure is the best test accuracy (at the best validation epoch) of its runs.
+training run, written by scripts/conv.py as the run finishes), never typed
+in.  Runs of the same experiment with the same settings (data, epochs, eta,
+lmbda, init, FC width, training-set size, augmentation; a --set sweep gives
+one row per combination) are grouped; as in the book, the group's figure is
+the best test accuracy (at the best validation epoch) of its runs.  The
+ensemble's vote is taken from its members' recorded test predictions, and
+its row says how many members voted.
 
     python scripts/results_table.py      # writes RESULTS.md and README's table
 """
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from network3.experiments import record_settings, vote_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,46 +46,87 @@ def fc_width(record):
 
 
 def load_records(folder):
+    """The run records of the results files in ``folder``; a line that is
+    not JSON (a write cut off by a crash) is skipped, with a note."""
     records = []
     for path in sorted(Path(folder).glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"{path}:{number}: skipping a line that is not a JSON record",
+                      file=sys.stderr)
+                continue
             if "experiment" in record and "config" in record:  # a conv.py run
                 records.append(record)
     return records
 
 
-def table(records):
+def groups_of(records):
+    """Runs of the same experiment with the same settings, in table order."""
     groups = defaultdict(list)
     for r in records:
-        c = r["config"]
-        key = (r["experiment"], fc_width(r), c["init"], c["epochs"], c["eta"],
-               c["lmbda"], c["train_size"], c.get("augment"))
-        groups[key].append(r)
+        groups[(r["experiment"], tuple(sorted(record_settings(r).items())))].append(r)
 
     def order(key):
-        return (ORDER.index(key[0]) if key[0] in ORDER else 99, key[1] or 0,
-                key[2] != "book", -key[3])
+        s = dict(key[1])
+        return (ORDER.index(key[0]) if key[0] in ORDER else 99, s["n"] or 0,
+                s["init"] != "book", -s["epochs"], s["eta"], s["lmbda"],
+                s["train_size"] or 0, s["data"], s["augment"] or "")
+    return [(key[0], dict(key[1]), groups[key]) for key in sorted(groups, key=order)]
 
+
+def _percent(value):
+    return "-" if value is None else f"{value:.2%}"
+
+
+def table(records, test_labels=None):
+    """The results table (Markdown).  ``test_labels``: MNIST's test labels,
+    or a function returning them, for the ensemble's vote; the vote row
+    says how many members voted."""
     rows = ["| experiment | book | network3 (best run) | runs: test accuracy | "
             "epochs | eta, lmbda | init | training images | wall time per run | "
             "machine | command |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key in sorted(groups, key=order):
-        runs = groups[key]
-        experiment, width, init, epochs, eta, lmbda, train_size, augment = key
+    for experiment, s, runs in groups_of(records):
+        width, augment = fc_width(runs[0]), s["augment"]
         best = max(runs, key=lambda r: r["test_accuracy"] or 0)
         name = experiment + (f" (FC {width})" if width else "") + \
             (f", augmented: {augment}" if augment else "")
-        each = ", ".join(f"{r['test_accuracy']:.2%}" for r in runs)
+        each = ", ".join(_percent(r["test_accuracy"]) for r in runs)
         wall = sum(r["wall_seconds"] for r in runs) / len(runs)
         command = best.get("command") or "(from the REPL)"
-        rows.append(
-            f"| {name} | {BOOK.get((experiment, width), '')} | "
-            f"**{best['test_accuracy']:.2%}** | {len(runs)}: {each} | {epochs} | "
-            f"{eta}, {lmbda} | {init} | {train_size:,} | {wall / 60:.1f} min | "
-            f"{best['machine']} | `{command}` |")
+        train_size = runs[0]["config"]["train_size"]
+        columns = (f"{s['epochs']} | {s['eta']}, {s['lmbda']} | {s['init']} | "
+                   f"{train_size:,} | {wall / 60:.1f} min | {best['machine']} | "
+                   f"`{command}` |")
+        rows.append(f"| {name} | {BOOK.get((experiment, width), '')} | "
+                    f"**{_percent(best['test_accuracy'])}** | {len(runs)}: {each} | "
+                    + columns)
+        if experiment == "ensemble" and test_labels is not None:
+            rows.append(vote_row(runs, test_labels, columns))
     return "\n".join(rows)
+
+
+def vote_row(runs, test_labels, columns):
+    """The ensemble's vote, from its members' recorded test predictions."""
+    labels = test_labels() if callable(test_labels) else test_labels
+    result, members = vote_records(runs, labels)
+    book = BOOK[("ensemble_vote", None)]
+    if result is None:
+        return (f"| ensemble vote | {book} | (no member recorded its predictions) | "
+                f"0 members | " + columns)
+    seeds = ", ".join(str(r["seed"]) for r in members)
+    return (f"| ensemble vote ({len(members)} members) | {book} | "
+            f"**{result.accuracy:.2%}** ({len(result.misclassified)} errors) | "
+            f"{len(members)} members voted (seeds {seeds}) | " + columns)
+
+
+def mnist_test_labels():
+    import network3
+    return network3.data.load_data()[2][1]
 
 
 HEADER = """# Reproduced results
@@ -98,7 +146,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def main():
     records = load_records(ROOT / "results")
-    rows = table(records)
+    rows = table(records, mnist_test_labels)
     text = HEADER + rows + "\n"
     (ROOT / "RESULTS.md").write_text(text)
     # the same table in the README, between its markers

@@ -4,18 +4,28 @@
 These check the wiring (architecture, settings, results record, saved
 network), not the speed, so they compile with the JAX backend, which
 compiles a conv network in seconds where a cold Numba cache takes minutes;
-the Numba path of the same networks is covered by test_book_sessions.py."""
+the Numba path of the same networks is covered by test_book_sessions.py.
+The run keys, records and command line are checked without training; the
+runs on Dask are tests/test_cluster.py's."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import network3
+from network3 import experiments
 from network3.data import subset
+from network3.ensemble import ensemble_accuracy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import results_table  # noqa: E402
+
 import conv  # noqa: E402
 
 pytestmark = [pytest.mark.mnist, pytest.mark.slow]
@@ -73,12 +83,110 @@ def test_corrected_init_uses_he_for_relu_layers():
     assert abs(std - (2 / 640) ** 0.5) < 0.1 * (2 / 640) ** 0.5
 
 
-def test_ensemble_votes_and_records(small, tmp_path, capsys):
-    nets, result = conv.ensemble(runs=2, epochs=1, data=small,
-                                 out=tmp_path / "ensemble.jsonl")
+def test_ensemble_votes_from_records_and_resumes(small, tmp_path, capsys):
+    """Two members, then a third in another call (the first two are skipped
+    and loaded): the vote is taken from the records' test predictions and
+    equals network3.ensemble's vote of the nets."""
+    out = tmp_path / "ensemble.jsonl"
+    nets, result = conv.ensemble(runs=2, epochs=1, data=small, out=out)
     assert len(nets) == 2
-    vote = json.loads((tmp_path / "ensemble_vote.jsonl").read_text())
-    assert vote["errors"] == len(result.misclassified) == len(vote["misclassified"])
-    assert vote["test_accuracy"] == pytest.approx(result.accuracy)
-    assert len(vote["members"]) == 2
-    assert "Ensemble of 2 nets" in capsys.readouterr().out
+    assert "Ensemble of 2 nets (of 2 asked for)" in capsys.readouterr().out
+    nets, result = conv.ensemble(runs=3, epochs=1, data=small, out=out)
+    assert len(nets) == 3 and len(experiments.read_records(out)) == 3
+    expected = ensemble_accuracy(nets, small[2])
+    assert result.accuracy == expected.accuracy
+    np.testing.assert_array_equal(result.misclassified, expected.misclassified)
+    assert "Ensemble of 3 nets (of 3 asked for)" in capsys.readouterr().out
+
+
+#### Run keys, records and the command line (no training)
+def test_help_prints_and_exits_without_importing_or_writing(tmp_path):
+    """`conv.py --help` does not even import PyTensor (which would create
+    its cache folder) and writes nothing."""
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path / 'pt'}",
+               NETWORK3_DATA=str(tmp_path / "data"))
+    before = sorted((ROOT / "results").rglob("*"))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "conv.py"), "--help"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0 and "usage: conv.py" in done.stdout
+    assert "--workers K" in done.stdout and "--scheduler" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+    assert sorted((ROOT / "results").rglob("*")) == before
+
+
+def test_names_are_the_experiments():
+    assert conv.NAMES == tuple(experiments.EXPERIMENTS)
+
+
+def test_old_records_get_the_keys_of_new_runs():
+    """Records written before settings were recorded (results/*.jsonl)
+    derive the key a new run with the same settings and seed has: the
+    recorded run is skipped, the others run."""
+    recorded = experiments.recorded_keys(ROOT / "results" / "basic_conv.jsonl")
+    planned = experiments.plan(["basic_conv"], runs=3, results_dir=ROOT / "results")
+    assert planned[0].key == ("basic_conv data=mnist epochs=60 eta=0.1 init=book "
+                              "lmbda=0.0 seed=0")
+    assert [run.key in recorded for run in planned] == [True, False, False]
+    # the FC width of the expanded-data runs is part of their keys
+    widths = experiments.recorded_keys(ROOT / "results" / "expanded_data.jsonl")
+    assert {k for k in widths if "epochs=60" in k} == {
+        f"expanded_data data=expanded epochs=60 eta=0.03 init=book lmbda=0.1 n={n} seed=0"
+        for n in (100, 300, 1000)}
+    # --train-size of the whole set is the whole set
+    assert experiments.plan(["shallow"], train_size=50_000)[0].key == \
+        experiments.plan(["shallow"])[0].key
+
+
+def test_plan_sweeps_and_all():
+    sets = dict(map(experiments.parse_set, ["eta=0.01,0.03,0.1", "lmbda=0,0.1"]))
+    runs = experiments.plan(["dbl_conv_relu"], runs=2, sets=sets, out="x.jsonl")
+    assert len(runs) == 12 and len({r.key for r in runs}) == 12
+    assert {(dict(r.settings)["eta"], dict(r.settings)["lmbda"]) for r in runs} == \
+        {(e, lm) for e in (0.01, 0.03, 0.1) for lm in (0.0, 0.1)}
+    assert runs[0].label() == "dbl_conv_relu eta=0.01 lmbda=0.0 seed=0"
+    book = experiments.plan(["all"])
+    assert len(book) == 11 * 3 + 5
+    assert sum(r.experiment == "ensemble" for r in book) == 5
+    assert {dict(r.settings)["n"] for r in book if r.experiment == "expanded_data"} == \
+        {100, 300, 1000}
+    for bad, message in [(["n=300"], "the FC width"), (["eta=x"], "not a float"),
+                         (["speed=1"], "settings that can be set")]:
+        with pytest.raises(ValueError, match=message):
+            experiments.plan(["shallow"], sets=dict(map(experiments.parse_set, bad)))
+
+
+def test_append_record_writes_each_run_once(tmp_path):
+    path = tmp_path / "r.jsonl"
+    run = experiments.plan(["shallow"], out=path)[0]
+    record = {"experiment": "shallow", "seed": 0, "config": {},
+              "settings": dict(run.settings), "run_id": "a"}
+    assert experiments.append_record(path, record)
+    assert not experiments.append_record(path, record)              # delivered twice
+    assert not experiments.append_record(path, dict(record, run_id="b"))  # same run
+    assert not experiments.append_record(path, record, force=True)  # same delivery
+    assert experiments.append_record(path, dict(record, run_id="c"), force=True)
+    with open(path, "a") as f:
+        f.write('{"experiment": "shal')                             # cut off by a crash
+    assert experiments.append_record(path, dict(record, seed=1, run_id="d"))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["run_id"] == "d"
+    assert [r["run_id"] for r in experiments.read_records(path)] == ["a", "c", "d"]
+    assert experiments.recorded_keys(path) == {run.key, run.key.replace("seed=0", "seed=1")}
+
+
+def test_labels_round_trip():
+    labels = np.random.default_rng(0).integers(0, 10, 10_000)
+    text = experiments.encode_labels(labels)
+    assert isinstance(text, str) and len(text) == 10_000
+    np.testing.assert_array_equal(experiments.decode_labels(text), labels)
+    np.testing.assert_array_equal(
+        experiments.decode_labels(experiments.encode_labels([3, 12])), [3, 12])
+
+
+def test_results_table_reads_the_existing_records():
+    """The records of earlier sessions (no settings or predictions in them)
+    still make the table."""
+    rows = results_table.table(results_table.load_records(ROOT / "results"))
+    assert rows.splitlines()[0].startswith("| experiment | book |")
+    assert any(row.startswith("| basic_conv | 98.78% | **98.79%** | 1: 98.79% | 60 |")
+               for row in rows.splitlines())
