@@ -4,6 +4,8 @@
 file is a gzipped pickle of ``(training, validation, test)``, each ``(x, y)``
 with x float32 (N, 784) pixel values k/256 and y int64 labels: the first
 50,000 MNIST training images, the last 10,000, and the 10,000 test images.
+The file the book's ``expand_mnist.py`` writes (pickle protocol 0, its
+training x and y as lists of images and of labels) loads too.
 
 Where the book shipped that file, network3 builds it from the four original
 MNIST files (IDX format), verified against their known SHA-256 sums, taken
@@ -164,19 +166,40 @@ def _check_layout(data, path):
     if not (isinstance(data, (tuple, list)) and len(data) == 3):
         raise DataError(f"{path}: expected a (training, validation, test) "
                         f"tuple, found {type(data).__name__}")
+    splits = []
     for name, pair in zip(("training", "validation", "test"), data):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise DataError(f"{path}: {name} data is not an (x, y) pair")
-        x, y = pair
-        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
-            raise DataError(f"{path}: {name} x and y must be numpy arrays")
+        x, y = (_as_array(value, f"{path}: {name} {which}")
+                for which, value in zip("xy", pair))
         if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{path}: {name} x has shape {x.shape} and y "
                             f"{y.shape}; expected (N, pixels) and (N,)")
         if x.dtype.kind != "f" or y.dtype.kind not in "iu":
             raise DataError(f"{path}: {name} x must be float and y integer, "
                             f"found {x.dtype} and {y.dtype}")
-    return tuple((x, y) for x, y in data)
+        splits.append((x, y))
+    return tuple(splits)
+
+
+def _as_array(value, what):
+    """``value`` as an array: a numpy array, or a list of images (arrays) or
+    of labels (numbers), as the book's ``expand_mnist.py`` writes its
+    training set."""
+    if isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, list):
+        raise DataError(f"{what} must be a numpy array or a list, found "
+                        f"{type(value).__name__}")
+    kinds = (np.ndarray, np.number, int, float)
+    bad = next((v for v in value if not isinstance(v, kinds)), None)
+    if bad is not None:
+        raise DataError(f"{what} is a list holding a {type(bad).__name__}; "
+                        "expected images (numpy arrays) or labels (numbers)")
+    try:
+        return np.array(value)
+    except (ValueError, TypeError) as err:  # images of different sizes
+        raise DataError(f"{what} is a list that is not one array: {err}") from None
 
 
 class SafeUnpickler(pickle._Unpickler):
