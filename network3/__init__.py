@@ -15,7 +15,9 @@ Modules: ``ops`` (convolution and pooling, which PyTensor 3 lacks),
 ``layers`` (the layers, activations, dropout), ``network`` (``Network`` and
 SGD), ``data`` (MNIST), ``backend`` (float type, backend, random seed).
 
-Importing network3 changes no global PyTensor setting.
+Importing network3 sets one global PyTensor setting, as the original did:
+``pytensor.config.floatX`` becomes network3's float type, float32
+(``NETWORK3_KEEP_FLOATX=1`` in the environment leaves it alone).
 """
 
 from . import augment, backend, data, ensemble, figures, layers, ops, saving, schedules  # noqa: F401
@@ -38,6 +40,7 @@ from .layers import (  # noqa: F401
     dropout_layer,
     linear,
     sigmoid,
+    softmax,
     tanh,
 )
 from .network import Network  # noqa: F401

@@ -1,10 +1,15 @@
 """backend.py: where the graph runs, which float type it uses, and the one
 seedable source of randomness.
 
-Nothing here touches PyTensor's global configuration: the float type is
-passed explicitly to every shared variable and symbolic input network3
-creates, and every ``pytensor.function`` is compiled with an explicit mode.
-Importing network3 therefore changes nothing for other PyTensor code.
+Importing network3 changes one global PyTensor setting, as the book's
+``network3.py`` did: ``pytensor.config.floatX`` becomes network3's float type
+(float32), so that code written around a network (``T.matrix()``, arrays
+made with ``dtype=config.floatX``, the book's update ``param - eta*grad``
+with a Python float ``eta``) stays in the network's float type.  With
+``NETWORK3_KEEP_FLOATX=1`` in the environment it changes nothing: network3
+passes its float type explicitly to every shared variable and symbolic
+input it creates, and compiles every ``pytensor.function`` with an explicit
+mode, so its own graphs need no global setting.
 
 Backends (choose with ``network3.set_backend`` or the environment variable
 ``NETWORK3_BACKEND``):
@@ -32,21 +37,41 @@ BACKENDS = ("numba", "jax", "c")
 
 _settings = {"floatX": "float32", "backend": None, "blas_threads": 1,
              "keep_freed_memory": True, "accelerator": None}
-_rng = np.random.default_rng()
+_rng = None  # network3.seed's Generator; None: numpy's global generator
 
 
 # ---------------------------------------------------------------- float type
+FLOAT_TYPES = ("float32", "float64")
+# The book's network3.py set theano.config.floatX to float32 at import;
+# network3 does the same with PyTensor's, unless this variable is set (to
+# anything but "" or "0"): then PyTensor's setting is left alone.
+KEEP_FLOATX = "NETWORK3_KEEP_FLOATX"
+_settings["pytensor_floatX"] = os.environ.get(KEEP_FLOATX, "").strip() in ("", "0")
+
+
 def floatX():
-    """The float dtype of network3's parameters and data ("float32" unless
-    changed with ``set_floatX``)."""
+    """The float dtype of network3's parameters and data: "float32" unless
+    changed with ``set_floatX``.  While network3 manages PyTensor's floatX
+    (the default), it is ``pytensor.config.floatX``, so a script that sets
+    that (as the book's readers set Theano's) changes both."""
+    if _settings["pytensor_floatX"]:
+        value = pytensor.config.floatX
+        if value in FLOAT_TYPES:
+            return value
     return _settings["floatX"]
 
 
 def set_floatX(dtype):
-    """Use ``dtype`` ("float32" or "float64") for networks built from now on."""
-    if dtype not in ("float32", "float64"):
+    """Use ``dtype`` ("float32" or "float64") for networks built from now
+    on; PyTensor's floatX too, unless NETWORK3_KEEP_FLOATX is set."""
+    if dtype not in FLOAT_TYPES:
         raise ValueError(f"floatX must be 'float32' or 'float64', not {dtype!r}")
     _settings["floatX"] = dtype
+    if _settings["pytensor_floatX"]:
+        pytensor.config.floatX = dtype
+
+
+set_floatX(_settings["floatX"])  # at import, as the original did
 
 
 def as_floatX(value):
@@ -95,16 +120,38 @@ def keeps_freed_memory():
 
 # ------------------------------------------------------------------ randomness
 def seed(value):
-    """Seed network3's random generator: weight initialisation and dropout
-    masks drawn after this call are repeatable.  Call it before building the
-    layers."""
+    """Seed network3's own random generator: initial weights, dropout masks,
+    shuffling and augmentation drawn after this call are repeatable, whatever
+    else the program draws from numpy.  Call it before building the layers.
+
+    Until it is called (or after ``seed(None)``), they are drawn from numpy's
+    global generator, as in the book's network3.py, so ``np.random.seed(s)``
+    before building a network makes them repeatable too (the initial weights
+    are then the very numbers the original drew)."""
     global _rng
-    _rng = np.random.default_rng(value)
+    _rng = None if value is None else np.random.default_rng(value)
+
+
+class _NumpyGlobal:
+    """numpy's global generator (``np.random.normal`` and friends, which
+    ``np.random.seed`` seeds) with the two Generator methods network3 uses."""
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return np.random.normal(loc, scale, size)
+
+    def integers(self, high):
+        return np.random.randint(high, dtype=np.int64)
+
+
+_NUMPY_GLOBAL = _NumpyGlobal()
 
 
 def get_rng():
-    """The numpy Generator behind initialisation and dropout seeds."""
-    return _rng
+    """The generator behind initial weights and the seeds of dropout masks,
+    shuffling and augmentation: network3's numpy Generator after
+    ``network3.seed``, else numpy's global generator (``normal`` and
+    ``integers`` only)."""
+    return _NUMPY_GLOBAL if _rng is None else _rng
 
 
 # ------------------------------------------------------------------- backends

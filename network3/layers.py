@@ -12,8 +12,14 @@ inference graph scales the weighted input by 1 - p_dropout); the activation
 of a ConvPoolLayer comes after pooling; the default initialisation is the
 book's.  Two quirks of the original are fixed: every dropout layer draws its
 own random stream (the original seeded them all with the same constant), and
-a seed (``network3.seed``) makes initialisation and masks repeatable.
+a seed (``network3.seed``) makes initialisation and masks repeatable.  As in
+the original, a dropout stream advances on every call of any function
+compiled from a graph that draws its masks (``default_update``), and the
+initial weights come from numpy's global generator unless ``network3.seed``
+was called.
 """
+
+import warnings
 
 import numpy as np
 import pytensor
@@ -33,7 +39,10 @@ def linear(z):
 
 
 def ReLU(z):
-    return pt.maximum(z, 0)
+    # the book's expression: where z == 0, PyTensor's maximum sends the
+    # gradient to its first argument, the constant, so ReLU's gradient at
+    # exactly 0 is 0, as the original's (pt.maximum(z, 0) would give 1)
+    return pt.maximum(0.0, z)
 
 
 #### Initialisation
@@ -180,7 +189,10 @@ class ConvPoolLayer:
     def output_for(self, inpt, batch_size):
         """The layer's output for ``batch_size`` examples (inference graph)."""
         image_shape = (batch_size,) + self.image_shape[1:]
-        x = inpt.reshape(image_shape)
+        return self._output(inpt.reshape(image_shape), image_shape)
+
+    def _output(self, x, image_shape):
+        batch_size = image_shape[0]
         conv_out = ops.conv2d(x, self.w, image_shape, self.filter_shape)
         n_filters, _, fh, fw = self.filter_shape
         conv_shape = (batch_size, n_filters, image_shape[2] - fh + 1,
@@ -191,7 +203,9 @@ class ConvPoolLayer:
 
     def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
         self.inpt = inpt.reshape(self.image_shape)
-        self.output = self.output_for(inpt, mini_batch_size)
+        # computed from self.inpt, so that the cost's gradient with respect
+        # to it exists, as in the original
+        self.output = self._output(self.inpt, self.image_shape)
         self.output_dropout = self.output  # no dropout in the convolutional layers
 
     def __repr__(self):
@@ -254,9 +268,12 @@ class ConvLayer:
     output_size = property(lambda self: int(np.prod(self.output_shape)))
 
     def output_for(self, inpt, batch_size):
+        x = inpt.reshape((batch_size,) + self.image_shape[1:])
+        return self._output(x, batch_size)
+
+    def _output(self, x, batch_size):
         _, channels, h, w = self.image_shape
         (py, px), (sy, sx) = self.padding, self.stride
-        x = inpt.reshape((batch_size, channels, h, w))
         if py or px:  # zeros around the image
             padded = pt.zeros((batch_size, channels, h + 2 * py, w + 2 * px),
                               dtype=x.dtype)
@@ -269,7 +286,7 @@ class ConvLayer:
 
     def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
         self.inpt = inpt.reshape((mini_batch_size,) + self.image_shape[1:])
-        self.output = self.output_for(inpt, mini_batch_size)
+        self.output = self._output(self.inpt, mini_batch_size)  # from self.inpt
         self.output_dropout = self.output  # no dropout in convolutional layers
 
     def __repr__(self):
@@ -311,12 +328,16 @@ class PoolLayer:
 
     def output_for(self, inpt, batch_size):
         shape = (batch_size,) + self.input_shape[1:]
+        return self._output(inpt.reshape(shape), shape)
+
+    def _output(self, x, shape):
         pool = ops.max_pool_2d if self.mode == "max" else ops.l2_pool_2d
-        return self.activation_fn(pool(inpt.reshape(shape), shape, self.poolsize))
+        return self.activation_fn(pool(x, shape, self.poolsize))
 
     def set_inpt(self, inpt, inpt_dropout, mini_batch_size):
-        self.inpt = inpt.reshape((mini_batch_size,) + self.input_shape[1:])
-        self.output = self.output_for(inpt, mini_batch_size)
+        shape = (mini_batch_size,) + self.input_shape[1:]
+        self.inpt = inpt.reshape(shape)
+        self.output = self._output(self.inpt, shape)  # connected to self.inpt
         self.output_dropout = self.output
 
     def __repr__(self):
@@ -411,17 +432,67 @@ def softmax(z):
 def dropout_layer(layer, p_dropout):
     """Multiply ``layer`` by a random keep-mask: each unit survives with
     probability 1 - p_dropout.  Each call makes its own random stream,
-    seeded from network3's generator (``network3.seed``)."""
+    seeded from network3's generator (``network3.seed``).  Every call of a
+    function compiled from a graph that uses the mask draws a new one, with
+    no update passed (as Theano's ``RandomStreams`` did)."""
     if p_dropout == 0:
         return layer  # no mask at all: drawing one would cost 7x the step
     rng = pytensor.shared(
         np.random.default_rng(get_rng().integers(2**63)), name="dropout_rng")
-    # the mask's node also outputs the generator's next state; the training
-    # function stores it back into rng (see rng_updates), so every call
-    # draws a new mask
-    _, mask = pt.random.bernoulli(
+    # the mask's node also outputs the generator's next state; every
+    # function compiled with the mask stores it back into rng
+    next_rng, mask = pt.random.bernoulli(
         1 - p_dropout, size=layer.shape, rng=rng, return_next_rng=True)
+    advance_on_every_call(rng, next_rng)
     return layer * pt.cast(mask, layer.dtype)
+
+
+# PyTensor (3.0 and 3.3 alike) deprecates setting default_update, the
+# mechanism by which Theano's random streams advanced in every compiled
+# function, but still applies it; PyTensor's own RandomStream sets it too.
+_DEPRECATED = "Setting default_update is deprecated"
+_default_updates = {}  # "works": the probe's result, once per process
+
+
+def advance_on_every_call(rng, next_rng):
+    """Make every ``pytensor.function`` compiled from a graph that uses the
+    shared generator ``rng`` store ``next_rng`` into it after each call
+    (``SharedVariable.default_update``).  Raises RuntimeError if this
+    PyTensor no longer applies default updates: a mask would then stay the
+    same on every call of a function a user compiles, silently."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATED,
+                                    category=DeprecationWarning)
+            rng.default_update = next_rng
+    except AttributeError:
+        _default_updates["works"] = False
+    if "works" not in _default_updates:
+        _default_updates["works"] = _probe_default_updates()
+    if not _default_updates["works"]:
+        raise RuntimeError(
+            f"PyTensor {pytensor.__version__} no longer applies "
+            "SharedVariable.default_update, by which a dropout layer's random "
+            "stream advances on every call of a function compiled from its "
+            "graph; without it, a function you compile would use the same "
+            "dropout mask on every call.  network3 does not support this "
+            "PyTensor version for networks with dropout (p_dropout > 0).")
+
+
+def _probe_default_updates():
+    # a shared counter with a default update, in a function compiled
+    # without optimisation (about 2 ms): does one call advance it?
+    probe = pytensor.shared(np.int64(0), name="default_update_probe")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DEPRECATED,
+                                    category=DeprecationWarning)
+            probe.default_update = probe + 1
+        mode = pytensor.compile.mode.Mode(linker="py", optimizer=None)
+        pytensor.function([], probe, mode=mode)()
+    except AttributeError:
+        return False
+    return int(probe.get_value()) == 1
 
 
 def rng_updates(outputs):

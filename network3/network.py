@@ -71,9 +71,13 @@ class Network:
           only one transformed copy is ever in memory.
 
         Each epoch's training cost, accuracies, learning rate and time are
-        kept in ``net.history``.  Ctrl-C ends training cleanly; a NaN or
-        infinite cost (eta too large) stops it with a message.
+        kept in ``net.history``.  Ctrl-C leaves the network with the best
+        epoch's parameters and prints the summary, then raises
+        KeyboardInterrupt, which stops the calling script as the original
+        did; a NaN or infinite cost (eta too large) stops training with a
+        message.  ``eta=0`` evaluates without training.
         """
+        _check_output_layer(self.layers)
         m = self.mini_batch_size
         if mini_batch_size != m:
             raise ValueError(
@@ -82,7 +86,7 @@ class Network:
                 "layers' shapes are fixed when the network is built)")
         _check_number("epochs", epochs, integer=True)
         if not callable(eta):
-            _check_number("eta", eta)
+            _check_number("eta", eta, allow_zero=True)
         _check_number("lmbda", lmbda, allow_zero=True)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
@@ -127,8 +131,9 @@ class Network:
             test_mb_accuracy = function(
                 [i], accuracy,
                 givens={self.x: test_x[batch], self.y: test_y[batch]})
-            self.test_mb_predictions = function(
-                [i], self.layers[-1].y_out, givens={self.x: test_x[batch]})
+            if hasattr(self.layers[-1], "y_out"):
+                self.test_mb_predictions = function(
+                    [i], self.layers[-1].y_out, givens={self.x: test_x[batch]})
 
         # Do the actual training
         best_validation_accuracy = 0.0
@@ -137,6 +142,7 @@ class Network:
         best_params, improved_epoch = None, 0
         self.history = []
         stop = None  # why training ended early, if it did
+        interrupt = None  # a KeyboardInterrupt, raised again at the end
         # one BLAS thread while training: the matrices are too small to gain
         with blas_threads():
             for epoch in range(epochs):
@@ -144,7 +150,7 @@ class Network:
                 if eta_now is None:
                     stop = "the learning-rate schedule ended training"
                     break
-                _check_number("eta", eta_now)
+                _check_number("eta", eta_now, allow_zero=True)
                 self.eta.set_value(as_floatX(eta_now))
                 start, total_cost = time.perf_counter(), 0.0
                 validated = is_best = False
@@ -176,7 +182,8 @@ class Network:
                             [test_mb_accuracy(j) for j in range(num_test_batches)])
                     training_accuracy = self.accuracy(training_data) \
                         if monitor_training else None  # on the unaugmented data
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as err:
+                    interrupt = err
                     stop = (f"Training interrupted in epoch {epoch}; keeping the "
                             "parameters of the best epoch so far.")
                     if validated and is_best:  # interrupted in the test evaluation
@@ -224,6 +231,10 @@ class Network:
         self.best_validation_accuracy = float(best_validation_accuracy)
         self.best_iteration = best_iteration
         self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+        if interrupt is not None:
+            # Ctrl-C stops the caller too (a script's loop over runs), as
+            # it stopped the original's whole script
+            raise interrupt
 
     def _get_params(self):
         return [p.get_value() for p in self.params]  # copies
@@ -236,6 +247,7 @@ class Network:
                           num_training_batches, momentum=0.0):
         """Compile ``train_mb(i)``: one SGD step on mini-batch ``i`` of the
         shared training data; returns the mini-batch's cost."""
+        _check_output_layer(self.layers)
         # define the (regularized) cost function, symbolic gradients, and updates
         cost = self.layers[-1].cost(self)
         if lmbda:  # lmbda = 0 adds nothing: leave the term out of the graph
@@ -256,7 +268,9 @@ class Network:
         i = pt.lscalar("i")  # mini-batch index
         m = self.mini_batch_size
         batch = minibatch(i, m)
-        updates += rng_updates([cost])  # new dropout masks every step
+        # new dropout masks every step (the generators' default updates do
+        # this too; explicit updates make it independent of them)
+        updates += rng_updates([cost])
         return function(
             [i], cost, updates=updates,
             givens={self.x: training_x[batch], self.y: training_y[batch]})
@@ -266,23 +280,35 @@ class Network:
         """Predicted labels for the images ``x`` (numpy, shape (N, 784) or
         (N, 28, 28); any N).  With ``probabilities=True``, also return the
         (N, classes) softmax outputs.  Uses the inference graph (dropout
-        layers scaled by 1 - p), compiled once per ``batch_size``."""
-        n_in = self.layers[0].input_size
+        layers scaled by 1 - p), compiled once per ``batch_size`` (with a
+        layer of the original's interface, which cannot be rebuilt for
+        another batch size, the network's own graph, ``mini_batch_size`` at
+        a time)."""
+        n_in = _input_size(self.layers[0])
         x = np.asarray(x, dtype=floatX())
+        if n_in is None:  # a layer that does not say: one image per row
+            n_in = x[0].size if x.ndim > 1 else x.size
         if x.size % n_in or (x.ndim > 1 and x[0].size != n_in):
             raise ValueError(
                 f"predict: images of shape {x.shape[1:]} do not match the "
                 f"first layer, which takes {n_in} values per image")
         x = x.reshape(-1, n_in)
-        forward = self._forward_fn(batch_size)
+        if all(hasattr(layer, "output_for") for layer in self.layers):
+            forward = self._forward_fn(batch_size)
+        else:
+            batch_size = self.mini_batch_size
+            forward = self._network_forward_fn()
         n = len(x)
-        probs = np.empty((n, self.layers[-1].output_size), dtype=floatX())
+        probs = np.empty((n, _output_size(self.layers[-1]) or 0), dtype=floatX())
         for start in range(0, n, batch_size):
             chunk = x[start:start + batch_size]
             if len(chunk) < batch_size:  # pad the last, partial batch
                 chunk = np.concatenate(
                     [chunk, np.zeros((batch_size - len(chunk), n_in), chunk.dtype)])
-            probs[start:start + batch_size] = forward(chunk)[:n - start]
+            out = np.asarray(forward(chunk)).reshape(batch_size, -1)[:n - start]
+            if start == 0 and probs.shape[1] != out.shape[1]:
+                probs = np.empty((n, out.shape[1]), dtype=out.dtype)
+            probs[start:start + batch_size] = out
         labels = probs.argmax(axis=1)
         return (labels, probs) if probabilities else labels
 
@@ -309,6 +335,12 @@ class Network:
             cache[batch_size] = function([x], out)
         return cache[batch_size]
 
+    def _network_forward_fn(self):
+        cache = self.__dict__.setdefault("_forward_fns", {})
+        if "network" not in cache:
+            cache["network"] = function([self.x], self.output)
+        return cache["network"]
+
     def _data(self, data, name):
         """Check a data set against the network; return (x, y, size) where x
         and y are symbolic (shared) variables usable in ``givens``."""
@@ -324,8 +356,8 @@ class Network:
             raise ValueError(
                 f"SGD: {name} must hold images of shape (N, pixels) and labels "
                 f"of shape (N,), got {x_value.shape} and {y_value.shape}")
-        n_in = self.layers[0].input_size
-        if x_value.shape[1] != n_in:
+        n_in = _input_size(self.layers[0])
+        if n_in is not None and x_value.shape[1] != n_in:
             raise ValueError(
                 f"SGD: {name} has {x_value.shape[1]} values per image but the "
                 f"first layer ({_layer_name(0, self.layers[0])}) takes {n_in}")
@@ -351,11 +383,13 @@ class Network:
             if bad.size:
                 raise ValueError(f"SGD: {name} labels must be whole numbers, "
                                  f"found {bad[0]!r}")
-        n_out = self.layers[-1].output_size
-        if y_value.min() < 0 or y_value.max() >= n_out:
+        n_out = _output_size(self.layers[-1])
+        if y_value.min() < 0 or (n_out is not None and y_value.max() >= n_out):
             raise ValueError(
                 f"SGD: {name} has labels in [{y_value.min()}, {y_value.max()}] "
-                f"but the output layer has {n_out} classes (labels 0..{n_out - 1})")
+                f"but the output layer has {n_out} classes (labels 0..{n_out - 1})"
+                if n_out is not None else
+                f"SGD: {name} has a negative label ({y_value.min()})")
         if not isinstance(x, pytensor.graph.basic.Variable) or x.dtype != floatX():
             x = pytensor.shared(np.asarray(x_value, dtype=floatX()), borrow=True)
         if not isinstance(y, pytensor.graph.basic.Variable):
@@ -408,6 +442,45 @@ def _layer_name(index, layer):
     return f"layer {index} ({type(layer).__name__})"
 
 
+def _input_size(layer):
+    """A layer's number of inputs per example: its ``input_size``, else
+    ``n_in``, else what its ``image_shape`` gives; None for a layer that
+    says none of these (one written to the original's interface)."""
+    for name in ("input_size", "n_in"):
+        size = getattr(layer, name, None)
+        if _is_count(size):
+            return int(size)
+    try:
+        return int(np.prod(layer.image_shape[1:]))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _output_size(layer):
+    """A layer's number of outputs per example (``output_size`` or
+    ``n_out``), or None."""
+    for name in ("output_size", "n_out"):
+        size = getattr(layer, name, None)
+        if _is_count(size):
+            return int(size)
+    return None
+
+
+def _is_count(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_output_layer(layers):
+    """The last layer must define the cost and the accuracy that SGD uses."""
+    last = layers[-1]
+    missing = [name for name in ("cost", "accuracy")
+               if not callable(getattr(last, name, None))]
+    if missing:
+        raise TypeError(
+            f"SGD: the last layer must define {' and '.join(missing)} (a "
+            f"SoftmaxLayer does), got {_layer_name(len(layers) - 1, last)}")
+
+
 def _check_architecture(layers, mini_batch_size):
     if isinstance(mini_batch_size, bool) or \
             not isinstance(mini_batch_size, (int, np.integer)) or mini_batch_size <= 0:
@@ -420,33 +493,40 @@ def _check_architecture(layers, mini_batch_size):
         if not hasattr(layer, "set_inpt") or not hasattr(layer, "params"):
             raise TypeError(
                 f"Network: layer {index} is {layer!r}, not a network3 layer "
-                "(ConvPoolLayer, FullyConnectedLayer or SoftmaxLayer)")
-        if hasattr(layer, "image_shape") and \
-                layer.image_shape[0] != mini_batch_size:
+                "(ConvPoolLayer, FullyConnectedLayer or SoftmaxLayer, or an "
+                "object with set_inpt and params)")
+        if _batch_of(layer) not in (None, mini_batch_size):
             raise ValueError(
                 f"Network: {_layer_name(index, layer)} has image_shape "
                 f"{layer.image_shape} whose first entry {layer.image_shape[0]} "
                 f"is not mini_batch_size={mini_batch_size}; use image_shape="
                 f"({mini_batch_size}, {', '.join(map(str, layer.image_shape[1:]))})")
+    # sizes are checked where the layers give them; a layer written to the
+    # original's interface (set_inpt, params, output, output_dropout) need not
     for index in range(1, len(layers)):
         prev, layer = layers[index - 1], layers[index]
-        if prev.output_size != layer.input_size:
-            if hasattr(prev, "output_shape"):
+        out, inp = _output_size(prev), _input_size(layer)
+        if out is not None and inp is not None and out != inp:
+            if len(getattr(prev, "output_shape", ())) == 3:
                 f, h, w = prev.output_shape
-                got = f"{f}*{h}*{w} = {prev.output_size} ({f} feature maps of {h}x{w})"
+                got = f"{f}*{h}*{w} = {out} ({f} feature maps of {h}x{w})"
             else:
-                got = str(prev.output_size)
+                got = str(out)
             if hasattr(layer, "image_shape"):
-                fix = f"make image_shape[1:] multiply to {prev.output_size}"
+                fix = f"make image_shape[1:] multiply to {out}"
             else:
-                fix = f"use n_in={prev.output_size}"
+                fix = f"use n_in={out}"
             raise ValueError(
-                f"Network: {_layer_name(index, layer)} takes {layer.input_size} "
+                f"Network: {_layer_name(index, layer)} takes {inp} "
                 f"inputs but {_layer_name(index - 1, prev)} gives {got}; {fix}")
-    if not hasattr(layers[-1], "cost"):
-        raise TypeError(
-            f"Network: the last layer must be a SoftmaxLayer (it defines the "
-            f"cost), got {_layer_name(len(layers) - 1, layers[-1])}")
+
+
+def _batch_of(layer):
+    """The mini-batch size a layer's ``image_shape`` fixes, if it has one."""
+    try:
+        return layer.image_shape[0]
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None
 
 
 def _check_number(name, value, integer=False, allow_zero=False):

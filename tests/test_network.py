@@ -373,9 +373,12 @@ def test_contract_names_are_importable():
         assert hasattr(network3, name)
 
 
-def test_importing_network3_changes_no_pytensor_config():
-    """Regression: the original set theano.config.device and floatX at
-    import, and printed a message."""
+@pytest.mark.parametrize("keep", [None, "1"])
+def test_importing_network3_sets_only_floatX(keep):
+    """The original set theano.config.device and floatX at import, and
+    printed a message.  network3 sets floatX only, as the original did
+    (code written around the network relies on it), and nothing at all with
+    NETWORK3_KEEP_FLOATX=1."""
     code = (
         "import json, pytensor\n"
         "names = ('floatX', 'mode', 'linker', 'optimizer', 'cast_policy',"
@@ -384,13 +387,16 @@ def test_importing_network3_changes_no_pytensor_config():
         "import network3\n"
         "after = {n: str(getattr(pytensor.config, n)) for n in names}\n"
         "print(json.dumps([before, after]))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTENSOR_FLAGS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTENSOR_FLAGS", "NETWORK3_KEEP_FLOATX")}
+    if keep:
+        env["NETWORK3_KEEP_FLOATX"] = keep
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                             text=True, check=True, timeout=120, env=env)
     before, after = json.loads(result.stdout)   # nothing else printed
-    assert before == after
-    # PyTensor's own defaults: network3 sets no float32 and no device mode
-    assert after["floatX"] == "float64"
+    assert before["floatX"] == "float64"  # PyTensor's default
+    assert after == dict(before, floatX="float64" if keep else "float32")
+    # no device mode
     assert after["mode"] == "Mode" and after["linker"] == "auto"
 
 
@@ -469,9 +475,12 @@ def test_image_shape_batch_differs_from_mini_batch_size():
                  FullyConnectedLayer(2880, 100), SoftmaxLayer(100, 10)], 20)
 
 
-def test_last_layer_must_be_softmax():
-    with pytest.raises(TypeError, match="SoftmaxLayer"):
-        Network([FullyConnectedLayer(6, 5)], M)
+def test_sgd_needs_a_last_layer_with_a_cost(pairs):
+    # the network builds (its graph is usable in compiled functions); SGD,
+    # which needs the cost, says what is missing before compiling anything
+    net = Network([FullyConnectedLayer(6, 5)], M)
+    with pytest.raises(TypeError, match=r"define cost \(a SoftmaxLayer does\), got layer 0"):
+        net.SGD(pairs[0], 1, M, 0.1, pairs[1])
 
 
 @pytest.mark.parametrize("size", [0, -4, 2.5])
@@ -498,8 +507,8 @@ def test_sgd_epochs_must_be_positive_integer(pairs, epochs):
         tiny_net().SGD(training, epochs, M, 0.1, validation)
 
 
-@pytest.mark.parametrize("eta", [0, -0.1, float("nan")])
-def test_sgd_eta_must_be_positive(pairs, eta):
+@pytest.mark.parametrize("eta", [-0.1, float("nan")])
+def test_sgd_eta_must_not_be_negative(pairs, eta):
     training, validation = pairs
     with pytest.raises(ValueError, match=f"eta.*{eta}"):
         tiny_net().SGD(training, 1, M, eta, validation)

@@ -90,8 +90,8 @@ def test_history_records_each_epoch(toy, capsys):
         assert h["training_cost"] > 0 and h["seconds"] > 0
 
 
-def test_keyboard_interrupt_ends_cleanly_with_best_parameters(toy, monkeypatch,
-                                                              capsys):
+def test_keyboard_interrupt_keeps_best_parameters_and_summary_then_propagates(
+        toy, monkeypatch, capsys):
     compile_train = Network.train_mb_function
     calls = {"n": 0}
 
@@ -106,7 +106,8 @@ def test_keyboard_interrupt_ends_cleanly_with_best_parameters(toy, monkeypatch,
         return step
     monkeypatch.setattr(Network, "train_mb_function", interrupted)
     net = small_net()
-    net.SGD(toy[0], 10, 10, 0.5, toy[1], toy[2])
+    with pytest.raises(KeyboardInterrupt):  # it stops the caller, as the original
+        net.SGD(toy[0], 10, 10, 0.5, toy[1], toy[2])
     out = capsys.readouterr().out
     assert "Training interrupted in epoch 2" in out
     assert "Finished training network." in out
