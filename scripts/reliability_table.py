@@ -117,9 +117,11 @@ def _():
     FullyConnectedLayer(n_in=784, n_out=100, p_dropout=50)
 
 
-@case("last layer a `FullyConnectedLayer`, no `SoftmaxLayer`")
+@case("last layer a `FullyConnectedLayer`, no `SoftmaxLayer`, then `net.SGD(...)` "
+      "(the network itself builds: its graph works in compiled functions)")
 def _():
-    Network([FullyConnectedLayer(n_in=784, n_out=10)], 10)
+    net = Network([FullyConnectedLayer(n_in=784, n_out=10)], 10)
+    net.SGD(images(40), 60, 10, 0.1, images(20))
 
 
 @case("`Network(layers, 0)`")
@@ -182,12 +184,17 @@ def toy():
 
 
 def printed(fn, starts):
-    """The first line ``fn()`` prints that starts with ``starts``."""
+    """The first line ``fn()`` prints that starts with ``starts``, and the
+    KeyboardInterrupt it lets through, if it does."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        fn()
+    raised = None
+    try:
+        with contextlib.redirect_stdout(out):
+            fn()
+    except KeyboardInterrupt:
+        raised = "KeyboardInterrupt"
     lines = [line for line in out.getvalue().splitlines() if line.startswith(starts)]
-    return ("printed", lines[0] if lines else f"(nothing starting {starts!r})")
+    return ("printed", lines[0] if lines else f"(nothing starting {starts!r})", raised)
 
 
 @case("`eta=1e6` on a small network of linear layers (training diverges)")
@@ -201,7 +208,8 @@ def _():
 
 
 @case("Ctrl-C during the second epoch (simulated: KeyboardInterrupt in a "
-      "training step)")
+      "training step); SGD prints its summary too, and the network keeps the best "
+      "epoch's parameters")
 def _():
     (training, validation) = toy()
     net = Network([FullyConnectedLayer(6, 8, activation_fn=ReLU),
@@ -324,7 +332,8 @@ def cell(outcome):
     if outcome[0] == "exit":
         return f"exits with {code(outcome[1])}"
     if outcome[0] == "printed":
-        return f"prints {code(outcome[1])}"
+        then = f", then raises {code(outcome[2])}" if outcome[2] else ""
+        return f"prints {code(outcome[1])}{then}"
     return "**no error**"
 
 
