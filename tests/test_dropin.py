@@ -204,9 +204,11 @@ def unseeded():
 
 
 def book_layers():
-    return [ConvPoolLayer(image_shape=(10, 1, 8, 8), filter_shape=(3, 1, 3, 3),
+    # 4*3*3/(2*2) is a whole number: the original's n_out, computed with
+    # Python 2's integer division, is the same
+    return [ConvPoolLayer(image_shape=(10, 1, 8, 8), filter_shape=(4, 1, 3, 3),
                           poolsize=(2, 2)),
-            FullyConnectedLayer(n_in=3*3*3, n_out=8, p_dropout=0.5),
+            FullyConnectedLayer(n_in=4*3*3, n_out=8, p_dropout=0.5),
             SoftmaxLayer(n_in=8, n_out=3, p_dropout=0.5)]
 
 
@@ -220,10 +222,10 @@ def test_np_random_seed_makes_initial_weights_repeatable(unseeded):
     # the very numbers the original drew: np.random.normal, layer by layer,
     # w then b (the softmax layer starts at zero)
     np.random.seed(0)
-    conv_n_out = 3 * 3 * 3 / 4
-    expected = [np.random.normal(0, np.sqrt(1 / conv_n_out), (3, 1, 3, 3)),
-                np.random.normal(0, 1.0, (3,)),
-                np.random.normal(0, np.sqrt(1 / 8), (27, 8)),
+    conv_n_out = 4 * 3 * 3 // 4
+    expected = [np.random.normal(0, np.sqrt(1.0 / conv_n_out), (4, 1, 3, 3)),
+                np.random.normal(0, 1.0, (4,)),
+                np.random.normal(0, np.sqrt(1.0 / 8), (36, 8)),
                 np.random.normal(0, 1.0, (8,))]
     for param, value in zip(first.params, expected):
         np.testing.assert_array_equal(param.get_value(), value.astype("float32"))
