@@ -570,6 +570,9 @@ def execute(runs, *, workers=None, scheduler=None, force=False, save=True,
         _execute_dask(todo, workers, scheduler, cache_dir, on_event, stream,
                       live, options)
     elif todo:
+        if data is None:  # a missing data file stops the command, not each run
+            for name in {dict(o.run.settings)["data"] for o in todo}:
+                _data_file(name)
         _execute_here(todo, data, augment, raise_errors, stream, options)
     if todo or len(outcomes) > 1:
         print_summary(outcomes, time.perf_counter() - started, stream)

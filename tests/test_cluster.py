@@ -126,6 +126,24 @@ def test_a_killed_worker_costs_no_record_and_no_duplicate(cluster, tmp_path):
     assert len({r["run_id"] for r in written}) == 4
 
 
+def test_a_failed_run_does_not_stop_the_others(cluster, tmp_path):
+    """A run that raises on its worker is shown failed, with its error; the
+    other run is recorded."""
+    out = tmp_path / "failed.jsonl"
+    good = experiments.plan(["shallow"], out=out, train_size=500, epochs=1)[0]
+    bad_settings = dict(good.settings, augment="Augment(translate=9)")
+    bad = experiments.Run("shallow", tuple(sorted(bad_settings.items())), 0, out)
+    stream = io.StringIO()
+    outcomes = experiments.execute([bad, good], scheduler=cluster.scheduler_address,
+                                   save=False, stream=stream)
+    assert [o.status for o in outcomes] == ["failed", "done"]
+    assert "only the default" in outcomes[0].error
+    text = stream.getvalue()
+    assert "failed: ValueError: this run's augmentation is Augment(translate=9)" in text
+    assert "1 done, 0 skipped (already recorded), 1 failed" in text
+    assert [experiments.record_key(r) for r in records(out)] == [good.key]
+
+
 def test_a_2x2_sweep_records_each_combination(cluster, tmp_path, capsys):
     out = tmp_path / "sweep.jsonl"
     assert conv.main(["shallow", "--set", "eta=0.05,0.5", "--set", "lmbda=0,0.1", *TINY,
@@ -156,7 +174,7 @@ def test_ensemble_votes_from_records_of_two_invocations(cluster, tmp_path, capsy
     printed = capsys.readouterr().out
     assert printed.count("skipped, already recorded") == 2
 
-    written = records(out)
+    written = sorted(records(out), key=lambda r: r["seed"])  # in the order they finished
     assert [r["seed"] for r in written] == [0, 1, 2]
     predictions = [experiments.decode_labels(r["test_predictions"]) for r in written]
     test_x, test_y = mnist[2]

@@ -100,6 +100,27 @@ def test_ensemble_votes_from_records_and_resumes(small, tmp_path, capsys):
 
 
 #### Run keys, records and the command line (no training)
+def test_a_failed_run_does_not_stop_the_others_here(tmp_path, monkeypatch, capsys):
+    """In this process too: the failed run's error is shown, the others are
+    recorded, and the command's exit status is 1."""
+    def fake_train(spec, data=None, augment=None, report=None):
+        if spec["seed"] == 1:
+            raise RuntimeError("the second run breaks")
+        return {"experiment": spec["experiment"], "seed": spec["seed"],
+                "settings": spec["settings"], "config": {}, "run_id": spec["run_id"],
+                "test_accuracy": 0.5, "best_validation_accuracy": 0.5,
+                "wall_seconds": 1.0}, None
+
+    monkeypatch.setattr(experiments, "train", fake_train)
+    out = tmp_path / "r.jsonl"
+    assert conv.main(["shallow", "--runs", "3", "--no-save", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "shallow seed=1: failed: RuntimeError: the second run breaks" in printed
+    assert "2 done, 0 skipped (already recorded), 1 failed" in printed
+    assert "RuntimeError: the second run breaks" in printed.split("failed:\n")[-1]
+    assert [r["seed"] for r in experiments.read_records(out)] == [0, 2]
+
+
 def test_help_prints_and_exits_without_importing_or_writing(tmp_path):
     """`conv.py --help` does not even import PyTensor (which would create
     its cache folder) and writes nothing."""
