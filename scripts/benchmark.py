@@ -1,30 +1,64 @@
-"""benchmark.py: network3's training speed against PyTorch, in one run.
+"""benchmark.py: network3's training speed at the book's settings, against
+the PyTorch a user would write and against network3's own JAX backend.
 
-For the book's shallow, dbl_conv and double_fc_dropout networks at the
-book's settings (mini-batch 10, float32), it measures in a fresh process per
-measurement:
+Each network of chapter 6 is trained at the chapter's settings (eta, lmbda,
+dropout; mini-batch 10, float32) on random images of MNIST's shape (the
+timing does not depend on the values).  Every measurement runs in a fresh
+process, and the runs are interleaved, round after round, so that all meet
+the same load on a shared machine:
 
-* first-call time: building the graph, compiling it and the first SGD step
-  (Numba compiles on the first call; its on-disk cache makes later runs fast),
-* the per-epoch training time: ``--steps`` SGD steps timed after a warm-up,
-  extrapolated to the 5,000 mini-batches of an epoch of 50,000 images; the
-  fastest of ``--repeats`` runs, interleaved with PyTorch's runs so that both
-  meet the same load on a shared machine,
-* peak memory (max RSS of the process),
+    network3 (first call with an empty compile cache), network3 (cache
+    filled), PyTorch on 1 thread, PyTorch on its default threads,
+    network3's JAX backend on the CPU; then again (--repeats rounds).
 
-and the same networks in PyTorch (CPU, eager, the book's semantics: plain
-SGD, non-inverted dropout on the layer inputs, the same initialisation) if
-torch is installed (``pip install torch``: a benchmark-only extra).  Data is
-random images of MNIST's shape: the timing does not depend on the values.
+What one step is: network3's ``Network.train_mb_function`` (the book's
+cost, its gradient and the update ``w - eta*grad``, in BLAS threads as SGD
+sets them); PyTorch's ``zero_grad``, forward, ``backward`` and
+``torch.optim.SGD(lr=eta, foreach=True).step()`` with the book's semantics:
+the L2 term as ``weight_decay = lmbda / num_training_batches`` on the
+weights only (the gradient of the book's ``0.5*lmbda/n * sum(w**2)``),
+non-inverted dropout masks on the layer inputs, true convolutions (flipped
+kernels) with max-pooling, the mean negative log-likelihood of the softmax
+(``F.cross_entropy``), the book's initialisation.  Per step: the mean over
+--steps steps after --warmup steps (a run stops timing after 30 s and
+warming up after 7.5 s: PyTorch's thread pool on a busy machine can take
+a hundred times longer a step), waiting for JAX's asynchronous results;
+per epoch: x 5,000 (50,000 images at mini-batch 10); the fastest of the
+rounds counts, and their spread (min-max) is shown.  First call:
+importing, building, compiling and the first step, with an empty
+PyTensor/Numba cache (base_compiledir and NUMBA_CACHE_DIR in a new
+temporary folder) and then with that cache filled.
 
-    python scripts/benchmark.py                       # all three networks
-    python scripts/benchmark.py --nets shallow --steps 2000
+"Where the time goes": per network a floor for one step, the larger of
+compute (each matrix product of the step, convolutions as their im2col
+products, timed as one-thread numpy sgemm at its shape: 2*m*n*k FLOPs each)
+and memory (the bytes the step must move, at the one-thread bandwidth of
+numpy's sum and copy over an array of the step's working-set size): the
+weights are read by the forward product and by the backward product to the
+layer's input (not for the first layer, whose input needs no gradient) and
+read and written by the update; each activation and its gradient are
+written once and read twice.  Element-wise work, dropout masks and the
+softmax are left out: a floor, not a model.
+
+PyTorch is not a dependency of network3: ``--torch-python`` names an
+interpreter that has it (default: this one), so that network3 on one
+Python can be measured against PyTorch on another.  Nothing is written
+unless --out is given.  OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, where set,
+slow numpy's OpenBLAS: the header says whether they were set.
+
+    python scripts/benchmark.py --out results/benchmark.md
+    python scripts/benchmark.py --nets dbl_conv_relu --steps 200 --repeats 3
+    /work/venv313/bin/python scripts/benchmark.py --torch-python .venv/bin/python
 """
 
 import argparse
+import datetime
 import json
+import math
 import os
+import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,36 +67,109 @@ import time
 
 import numpy as np
 
-NETS = ("shallow", "basic_conv", "dbl_conv", "dbl_conv_relu", "double_fc_dropout")
 MINI_BATCH = 10
-STEPS_PER_EPOCH = 5000
+STEPS_PER_EPOCH = 5000  # 50,000 images at mini-batch 10
+SIZE = 28  # MNIST's images
+
+# The chapter's networks and their settings (shared/reference CONTRACT.md,
+# section 4).  Layers: ("conv", filters, channels, image size) with 5x5
+# kernels and 2x2 max-pooling, ("fc" | "softmax", n_in, n_out, p_dropout).
+_CONV1 = ("conv", 20, 1, 28)
+_CONV2 = ("conv", 40, 20, 12)
+NETS = {
+    "shallow": dict(act="sigmoid", eta=0.1, lmbda=0.0, images=50_000, layers=[
+        ("fc", 784, 100, 0.0), ("softmax", 100, 10, 0.0)]),
+    "basic_conv": dict(act="sigmoid", eta=0.1, lmbda=0.0, images=50_000, layers=[
+        _CONV1, ("fc", 2880, 100, 0.0), ("softmax", 100, 10, 0.0)]),
+    "dbl_conv": dict(act="sigmoid", eta=0.1, lmbda=0.0, images=50_000, layers=[
+        _CONV1, _CONV2, ("fc", 640, 100, 0.0), ("softmax", 100, 10, 0.0)]),
+    "dbl_conv_relu": dict(act="relu", eta=0.03, lmbda=0.1, images=50_000, layers=[
+        _CONV1, _CONV2, ("fc", 640, 100, 0.0), ("softmax", 100, 10, 0.0)]),
+    # trained on the expanded set of 250,000 images (the L2 term would be
+    # lmbda / 25,000; lmbda is 0); an epoch of it is 5 of the 50,000 here
+    "double_fc_dropout": dict(act="relu", eta=0.03, lmbda=0.0, images=250_000, layers=[
+        _CONV1, _CONV2, ("fc", 640, 1000, 0.5), ("fc", 1000, 1000, 0.5),
+        ("softmax", 1000, 10, 0.5)]),
+}
+DEFAULT_NETS = ("shallow", "dbl_conv", "dbl_conv_relu", "double_fc_dropout")
 
 
 def layers_spec(name):
-    """(kind, args) per layer, shared by both frameworks."""
-    conv1 = ("conv", dict(filters=20, channels=1, size=28))
-    conv2 = ("conv", dict(filters=40, channels=20, size=12))
-    if name == "shallow":
-        return "sigmoid", [("fc", (784, 100, 0.0)), ("softmax", (100, 10, 0.0))]
-    if name == "basic_conv":
-        return "sigmoid", [conv1, ("fc", (2880, 100, 0.0)), ("softmax", (100, 10, 0.0))]
-    if name in ("dbl_conv", "dbl_conv_relu"):
-        return ("relu" if name == "dbl_conv_relu" else "sigmoid"), [
-            conv1, conv2, ("fc", (640, 100, 0.0)), ("softmax", (100, 10, 0.0))]
-    if name == "double_fc_dropout":
-        return "relu", [conv1, conv2, ("fc", (640, 1000, 0.5)),
-                        ("fc", (1000, 1000, 0.5)), ("softmax", (1000, 10, 0.5))]
-    raise ValueError(name)
+    """The old interface: (activation name, [(kind, args)]), kept for
+    scripts that read it."""
+    spec = NETS[name]
+    out = []
+    for layer in spec["layers"]:
+        if layer[0] == "conv":
+            out.append(("conv", dict(filters=layer[1], channels=layer[2], size=layer[3])))
+        else:
+            out.append((layer[0], layer[1:]))
+    return spec["act"], out
+
+
+def settings(name):
+    spec = NETS[name]
+    p = max(layer[3] for layer in spec["layers"] if layer[0] != "conv")
+    text = f"eta {spec['eta']}, lmbda {spec['lmbda']}"
+    return text + (f", p_dropout {p}" if p else "")
 
 
 def synthetic(n):
     rng = np.random.default_rng(0)
-    return (rng.random((n, 784), dtype=np.float32),
+    return (rng.random((n, SIZE * SIZE), dtype=np.float32),
             rng.integers(0, 10, n).astype(np.int32))
 
 
+def _sync(out):
+    """Wait for ``out``: JAX dispatches asynchronously (its function returns
+    before the step is computed); numpy and PyTorch on the CPU need nothing."""
+    for value in out if isinstance(out, (list, tuple)) else [out]:
+        if hasattr(value, "block_until_ready"):
+            value.block_until_ready()
+
+
+# a run's timed steps stop after this many seconds (a run that slow, such
+# as PyTorch's thread pool on a busy machine, is then timed over fewer steps)
+MAX_TIMED_S = 30.0
+
+
+def _timed_loop(step, steps, warmup, start, max_s=None):
+    """Run ``step(0)`` (the first call, timed from ``start``), ``warmup``
+    more steps (or those that fit in ``max_s / 4`` seconds), then ``steps``
+    timed ones, or as many as fit in ``max_s`` seconds: (first call s, s per
+    step, steps timed).  Each step's cost depends on the parameters the step
+    before updated, so waiting for the last one waits for them all."""
+    max_s = MAX_TIMED_S if max_s is None else max_s
+    _sync(step(0))
+    first_call = time.perf_counter() - start
+    out = None
+    t0 = time.perf_counter()
+    for i in range(1, warmup + 1):
+        out = step(i)
+        if time.perf_counter() - t0 > max_s / 4:  # warm enough
+            break
+    _sync(out)
+    if not steps:
+        return first_call, None, 0
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(warmup + 1, warmup + 1 + steps):
+        out = step(i)
+        done += 1
+        if time.perf_counter() - t0 > max_s:
+            break
+    _sync(out)
+    return first_call, (time.perf_counter() - t0) / done, done
+
+
+_steps_timed = 0  # the last run's timed steps
+
+
 #### network3
-def time_network3(name, steps, backend, gpu=False):
+def time_network3(name, steps, backend="numba", gpu=False, warmup=100):
+    """(first call s, s per step) of network3's training step for network
+    ``name`` at the book's settings; the first call includes importing
+    network3, building the network and compiling its step."""
     start = time.perf_counter()
     import pytensor
 
@@ -77,215 +184,679 @@ def time_network3(name, steps, backend, gpu=False):
         sigmoid,
     )
     network3.set_backend(backend)
-    act_name, spec = layers_spec(name)
-    act = ReLU if act_name == "relu" else sigmoid
+    network3.seed(0)
+    spec = NETS[name]
+    act = ReLU if spec["act"] == "relu" else sigmoid
     layers = []
-    for kind, args in spec:
+    for kind, a, b, c in spec["layers"]:
         if kind == "conv":
-            c, s = args["channels"], args["size"]
+            filters, channels, size = a, b, c
             layers.append(ConvPoolLayer(
-                filter_shape=(args["filters"], c, 5, 5),
-                image_shape=(MINI_BATCH, c, s, s), activation_fn=act))
+                filter_shape=(filters, channels, 5, 5),
+                image_shape=(MINI_BATCH, channels, size, size), activation_fn=act))
         elif kind == "fc":
-            layers.append(FullyConnectedLayer(*args[:2], activation_fn=act,
-                                              p_dropout=args[2]))
+            layers.append(FullyConnectedLayer(a, b, activation_fn=act, p_dropout=c))
         else:
-            layers.append(SoftmaxLayer(*args[:2], p_dropout=args[2]))
+            layers.append(SoftmaxLayer(a, b, p_dropout=c))
     net = Network(layers, MINI_BATCH)
-    n = (steps + 100) * MINI_BATCH
-    x, y = synthetic(n)
+    x, y = synthetic((steps + warmup + 1) * MINI_BATCH)
     train_mb = net.train_mb_function(
-        pytensor.shared(x), pytensor.shared(y), 0.03, 0.1, n // MINI_BATCH)
+        pytensor.shared(x), pytensor.shared(y), spec["eta"], spec["lmbda"],
+        spec["images"] // MINI_BATCH)
     with network3.backend.blas_threads():  # as SGD does
-        train_mb(0)
-        first_call = time.perf_counter() - start
-        for i in range(1, 100):  # warm-up
-            train_mb(i)
-        start = time.perf_counter()
-        for i in range(steps):
-            train_mb(100 + i)
-    return first_call, (time.perf_counter() - start) / steps
+        first_call, per_step, done = _timed_loop(train_mb, steps, warmup, start)
+    global _steps_timed
+    _steps_timed = done
+    return first_call, per_step
 
 
-#### PyTorch, with the book's semantics
-def time_torch(name, steps, threads):
+#### PyTorch, as its users write it, with the book's semantics
+def time_torch(name, steps, threads=None, warmup=100):
+    """(first call s, s per step) of the same network's step in PyTorch
+    (eager, CPU); ``threads``: torch.set_num_threads (None: its default)."""
     start = time.perf_counter()
     import torch
     import torch.nn.functional as F
     if threads:
         torch.set_num_threads(threads)
-    global _threads
-    _threads = torch.get_num_threads()
     torch.manual_seed(0)
-    act_name, spec = layers_spec(name)
-    act = torch.relu if act_name == "relu" else torch.sigmoid
-    params = []
-    for kind, args in spec:
-        if kind == "conv":
-            f, c = args["filters"], args["channels"]
-            w = torch.randn(f, c, 5, 5) * np.sqrt(1.0 / (f * 25 / 4))
-            params.append((kind, w.requires_grad_(), torch.randn(f).requires_grad_(),
-                           0.0))
-        else:
-            n_in, n_out, p = args
-            w = torch.randn(n_in, n_out) * np.sqrt(1.0 / n_out)
-            b = torch.randn(n_out)
-            if kind == "softmax":
-                w, b = torch.zeros(n_in, n_out), torch.zeros(n_out)
-            params.append((kind, w.requires_grad_(), b.requires_grad_(), p))
-    flat = [t for _, w, b, _ in params for t in (w, b)]
+    spec = NETS[name]
+    act = torch.relu if spec["act"] == "relu" else torch.sigmoid
 
-    def cost(xb, yb):
-        a = xb.view(MINI_BATCH, 1, 28, 28)
-        for kind, w, b, p in params:
-            if kind == "conv":
-                # conv2d is a correlation: flip the kernel for a true convolution
-                z = F.conv2d(a, torch.flip(w, (2, 3)))
-                a = act(F.max_pool2d(z, 2) + b.view(1, -1, 1, 1))
-                continue
-            a = a.reshape(MINI_BATCH, -1)
-            if p:  # non-inverted dropout on the layer input
-                a = a * torch.bernoulli(torch.full_like(a, 1 - p))
-            z = a @ w + b
-            if kind == "softmax":
-                return F.cross_entropy(z, yb) + \
-                    0.5 * 0.1 * sum((w_ ** 2).sum() for _, w_, _, _ in params) / 5000
-            a = act(z)
+    class BookNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList()
+            self.p = []
+            with torch.no_grad():
+                for kind, a, b, c in spec["layers"]:
+                    if kind == "conv":
+                        filters, channels = a, b
+                        m = torch.nn.Conv2d(channels, filters, 5)
+                        # the book: sd sqrt(1/n_out), n_out = filters*25/4
+                        m.weight.normal_(0.0, math.sqrt(4.0 / (filters * 25)))
+                        m.bias.normal_(0.0, 1.0)
+                        self.p.append(None)
+                    else:
+                        m = torch.nn.Linear(a, b)
+                        if kind == "softmax":  # zeros, as in the book
+                            m.weight.zero_()
+                            m.bias.zero_()
+                        else:
+                            m.weight.normal_(0.0, math.sqrt(1.0 / b))
+                            m.bias.normal_(0.0, 1.0)
+                        self.p.append(c)
+                    self.layers.append(m)
 
-    n = (steps + 100) * MINI_BATCH
-    x, y = synthetic(n)
+        def forward(self, x):
+            a = x.view(-1, 1, SIZE, SIZE)
+            last = len(self.layers) - 1
+            for i, (m, p) in enumerate(zip(self.layers, self.p)):
+                if p is None:
+                    # conv2d correlates: flipping the kernel makes it the
+                    # book's convolution; the per-channel bias commutes
+                    # with max-pooling
+                    z = F.conv2d(a, torch.flip(m.weight, (2, 3)), m.bias)
+                    a = act(F.max_pool2d(z, 2))
+                    continue
+                a = a.flatten(1)
+                if p:  # non-inverted dropout on the layer's input, as the book
+                    a = a * torch.empty_like(a).bernoulli_(1.0 - p)
+                a = m(a)
+                if i != last:
+                    a = act(a)
+            return a  # the softmax layer's weighted input
+
+    model = BookNet()
+    weights = [m.weight for m in model.layers]
+    biases = [m.bias for m in model.layers]
+    weight_decay = spec["lmbda"] / (spec["images"] // MINI_BATCH)
+    optimizer = torch.optim.SGD(
+        [{"params": weights, "weight_decay": weight_decay},
+         {"params": biases, "weight_decay": 0.0}], lr=spec["eta"], foreach=True)
+    x, y = synthetic((steps + warmup + 1) * MINI_BATCH)
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
 
     def step(i):
         batch = slice(i * MINI_BATCH, (i + 1) * MINI_BATCH)
-        c = cost(x[batch], y[batch])
-        grads = torch.autograd.grad(c, flat)
-        with torch.no_grad():
-            for t, g in zip(flat, grads):
-                t.sub_(0.03 * g)
+        optimizer.zero_grad()
+        # the book's cost: the mean negative log-likelihood of the softmax
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        return loss
 
-    step(0)
-    first_call = time.perf_counter() - start
-    for i in range(1, 100):
-        step(i)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(100 + i)
-    return first_call, (time.perf_counter() - start) / steps
+    first_call, per_step, done = _timed_loop(step, steps, warmup, start)
+    global _steps_timed
+    _steps_timed = done
+    return first_call, per_step, torch.get_num_threads()
 
 
-_threads = None
+#### The floor: products at the measured speed, bytes at the measured bandwidth
+def step_work(name):
+    """The matrix products (m, k, n) of one training step and the bytes it
+    must move (float32), with the working set those bytes live in."""
+    products, weight_bytes, act_bytes, work_set = [], 0, 0, 0
+    m = MINI_BATCH
+    act_bytes += 2 * 4 * m * SIZE * SIZE  # the images: read twice
+    work_set += 4 * m * SIZE * SIZE
+    for index, (kind, a, b, c) in enumerate(NETS[name]["layers"]):
+        first = index == 0
+        if kind == "conv":
+            filters, channels, size = a, b, c
+            out = size - 4
+            M, K = m * out * out, channels * 25  # im2col: (M, K) @ (K, filters)
+            products.append((M, K, filters))  # forward
+            products.append((filters, M, K))  # gradient of the weights
+            if not first:
+                products.append((M, filters, K))  # gradient of the input
+            n_weights, n_bias = filters * K, filters
+            outputs = m * filters * (out // 2) ** 2  # after pooling
+        else:
+            products.append((m, a, b))
+            products.append((a, m, b))
+            if not first:
+                products.append((m, b, a))
+            n_weights, n_bias = a * b, b
+            outputs = m * b
+        # weights: forward read, backward read (input gradient), update r+w
+        weight_bytes += 4 * n_weights * (3 if first else 4) + 4 * n_bias * 3
+        # an activation and its gradient: each written once, read twice
+        act_bytes += 4 * outputs * 6
+        work_set += 4 * (2 * n_weights + 2 * n_bias + 2 * outputs)  # + gradients
+    return products, weight_bytes, act_bytes, work_set
 
 
+def _best_time(fn, min_time=0.02, rounds=5):
+    """The fastest mean time of ``fn()`` over ``rounds`` timed loops of at
+    least ``min_time`` s each."""
+    fn()
+    reps, t = 1, 0.0
+    while True:  # calibrate
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        t = time.perf_counter() - t0
+        if t >= min_time / 4:
+            break
+        reps *= 4
+    reps = max(1, int(reps * min_time / max(t, 1e-9)))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def bandwidth(nbytes):
+    """One thread's bandwidth (bytes/s) over a float32 array of ``nbytes``:
+    the faster of numpy's sum (bytes read) and copy (read + written)."""
+    a = np.ones(max(nbytes // 4, 256), dtype=np.float32)
+    b = np.empty_like(a)
+    read = a.nbytes / _best_time(a.sum)
+    copy = 2 * a.nbytes / _best_time(lambda: np.copyto(b, a))
+    return max(read, copy), read, copy
+
+
+def sgemm_time(m, k, n):
+    """The time of one (m, k) @ (k, n) float32 product through numpy."""
+    rng = np.random.default_rng(0)
+    a = rng.random((m, k), dtype=np.float32)
+    b = rng.random((k, n), dtype=np.float32)
+    c = np.empty((m, n), dtype=np.float32)
+    return _best_time(lambda: np.matmul(a, b, out=c))
+
+
+def floor_worker(nets):
+    """Measured in this process, one BLAS thread: the bandwidth and product
+    times behind each network's floor."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+        limit = threadpool_limits(limits=1)
+        blas = [f"{i.get('internal_api')} {i.get('version')} "
+                f"({i.get('architecture')})" for i in threadpool_info()
+                if i.get("user_api") == "blas"]
+    except ImportError:
+        limit, blas = None, []
+    large = 256 << 20
+    bw_large = bandwidth(large)
+    peak = 2 * 1024 ** 3 / sgemm_time(1024, 1024, 1024)
+    out = {"blas": blas, "large_bytes": large, "bw_large": bw_large[0],
+           "sgemm_1024_flops": peak, "nets": {}}
+    cache = {}
+    for name in nets:
+        products, weight_bytes, act_bytes, work_set = step_work(name)
+        times = []
+        for shape in products:
+            if shape not in cache:
+                cache[shape] = sgemm_time(*shape)
+            times.append(cache[shape])
+        bw = bandwidth(work_set)[0]
+        moved = weight_bytes + act_bytes
+        out["nets"][name] = {
+            "flops": sum(2 * m * k * n for m, k, n in products),
+            "products": len(products), "compute_s": sum(times),
+            "bytes": moved, "working_set": work_set, "bw": bw,
+            "memory_s": moved / bw}
+    if limit is not None:
+        limit.restore_original_limits()
+    return out
+
+
+def best_floor(floors):
+    """The best of several floor measurements: the fastest products and the
+    highest bandwidths (a floor is the best case)."""
+    ok = [f for f in floors if "error" not in f]
+    if not ok:
+        return floors[0]
+    best = dict(ok[0], runs=len(ok), bw_large=max(f["bw_large"] for f in ok),
+                sgemm_1024_flops=max(f["sgemm_1024_flops"] for f in ok), nets={})
+    for name in ok[0]["nets"]:
+        runs = [f["nets"][name] for f in ok]
+        bw = max(r["bw"] for r in runs)
+        best["nets"][name] = dict(runs[0], compute_s=min(r["compute_s"] for r in runs),
+                                  bw=bw, memory_s=runs[0]["bytes"] / bw)
+    return best
+
+
+#### Workers: one measurement per fresh process, a JSON line on stdout
 def worker(args):
+    if args.worker == "floor":
+        print(json.dumps(floor_worker(args.nets)))
+        return
+    threads = None
     if args.worker == "network3":
-        first, per_step = time_network3(args.net, args.steps, args.backend, args.gpu)
+        first, per_step = time_network3(args.net, args.steps, args.backend, args.gpu,
+                                        warmup=args.warmup)
     else:
-        first, per_step = time_torch(args.net, args.steps, args.threads)
+        first, per_step, threads = time_torch(args.net, args.steps, args.threads,
+                                              warmup=args.warmup)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"threads": _threads, "first_call_s": first,
-                      "step_ms": per_step * 1e3,
-                      "epoch_s": per_step * STEPS_PER_EPOCH, "peak_mb": peak_mb}))
+    print(json.dumps({
+        "threads": threads, "first_call_s": first, "steps": _steps_timed,
+        "step_ms": None if per_step is None else per_step * 1e3,
+        "epoch_s": None if per_step is None else per_step * STEPS_PER_EPOCH,
+        "peak_mb": peak_mb}))
 
 
-def measure(framework, net, steps, backend=None, threads=None, cache=None):
-    """Run one measurement in a fresh process; ``cache``: the PyTensor/Numba
-    compile cache folder to use (an empty one is a user's first run)."""
-    cmd = [sys.executable, __file__, "--worker", framework, "--net", net,
-           "--steps", str(steps)]
-    if backend:
-        cmd += ["--backend", backend]
-    if threads:
-        cmd += ["--threads", str(threads)]
+def run_worker(python, argv, env=None, timeout=1800):
+    """Run ``python benchmark.py --worker ...`` in a fresh process: its JSON
+    line, or {"error": the last line of its stderr}."""
+    try:
+        out = subprocess.run([python, os.path.abspath(__file__), *argv],
+                             capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = out.stdout.strip().splitlines()
+    err = out.stderr.strip().splitlines()
+    if out.returncode or not lines:
+        return {"error": (err or [f"exit status {out.returncode}"])[-1][:200]}
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"error": f"no JSON: {lines[-1][:200]}"}
+    if err:  # warnings: shown in the progress lines, not in the report
+        result["stderr"] = err[-1][:200]
+    return result
+
+
+def _cache_env(cache):
+    """The environment of a process whose PyTensor and Numba caches are in
+    ``cache`` (an empty folder: a user's very first run)."""
     env = dict(os.environ)
-    if cache:
-        env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode:
-        return {"error": out.stderr.strip().splitlines()[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    flags = env.get("PYTENSOR_FLAGS", "")
+    # PyTensor's Numba cache lives in base_compiledir (compiledir is a
+    # folder inside it): setting compiledir alone would keep the old cache
+    env["PYTENSOR_FLAGS"] = ",".join(
+        [f for f in flags.split(",") if f and not f.startswith(("base_compiledir", "compiledir"))]
+        + [f"base_compiledir={cache}"])
+    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba-cache")
+    return env
 
 
-def _fastest(runs):
-    ok = [r for r in runs if "error" not in r]
-    return min(ok, key=lambda r: r["epoch_s"]) if ok else runs[0]
+def _torch_env(threads):
+    """The environment of a PyTorch worker: with its default threads, the
+    default of torch itself (no OMP/MKL setting inherited)."""
+    env = dict(os.environ)
+    if not threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(name, None)
+    return env
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", nargs="+", default=["shallow", "dbl_conv",
-                                                      "double_fc_dropout"],
-                        choices=NETS)
+def _probe(python, code):
+    """What ``python -c code`` prints (None if it fails)."""
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                             timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+_NETWORK3_VERSIONS = """
+import os, platform, numpy, pytensor, numba, network3
+from network3.accel import kernels
+print(f"Python {platform.python_version()}, PyTensor {pytensor.__version__}, "
+      f"Numba {numba.__version__}, numpy {numpy.__version__} (products: "
+      f"{kernels._NUMPY_CBLAS or 'SciPy BLAS through Numba'})|"
+      f"{os.path.dirname(os.path.abspath(network3.__file__))}")
+"""
+_TORCH_VERSIONS = """
+import platform, torch
+print(f"torch {torch.__version__} on Python {platform.python_version()}|"
+      f"{torch.get_num_threads()}")
+"""
+_JAX_VERSIONS = "import jax; print(f'jax {jax.__version__}, devices {jax.devices()}')"
+
+
+#### Reporting
+def _ms(runs):
+    """'fastest (min-max)' of the runs' ms per step."""
+    ok = [r["step_ms"] for r in runs if r.get("step_ms") is not None]
+    if not ok:
+        return _error(runs)
+    return f"{min(ok):.3g} ({min(ok):.3g}-{max(ok):.3g})" if len(ok) > 1 else f"{ok[0]:.3g}"
+
+
+def _error(runs):
+    errors = [r["error"] for r in runs if "error" in r]
+    return f"error: {errors[0]}" if errors else "-"
+
+
+def _fastest(runs, key="step_ms"):
+    ok = [r[key] for r in runs if r.get(key) is not None]
+    return min(ok) if ok else None
+
+
+def _spread(values, digits=2):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    lo, hi = (f"{v:.{digits}f}" for v in (min(values), max(values)))
+    return lo if len(values) == 1 else f"{lo} ({lo}-{hi})"
+
+
+def _epoch(best_ms):
+    return "-" if best_ms is None else f"{best_ms * STEPS_PER_EPOCH / 1e3:.1f}"
+
+
+def _first(runs):
+    return _spread([x.get("first_call_s") for x in runs], 1) if runs else "-"
+
+
+def _peak(runs):
+    ok = [x["peak_mb"] for x in runs if x.get("peak_mb") is not None]
+    return f"{max(ok):.0f}" if ok else "-"
+
+
+def _cell(v):
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _times(v, floor_ms):
+    return "-" if v is None else f"{v / floor_ms:.1f}x"
+
+
+def _load():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (math.nan,) * 3
+
+
+def _git_commit(package):
+    """The commit of the git tree that holds ``package`` (network3's
+    folder), and whether that folder differs from it."""
+    if not package:
+        return "unknown"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=package,
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=package,
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    if not rev:
+        return "unknown (not a git tree)"
+    return rev + (f" ({package} has uncommitted changes)" if dirty else
+                  f" ({package} as committed)")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build_report(ctx, results, floor):
+    """The markdown: header, the per-step/per-epoch table, first calls, and
+    where the time goes."""
+    lines = [f"## network3 at the book's settings: {ctx['network3']}", ""]
+    lines += [f"- command: `{ctx['command']}`",
+              f"- date: {ctx['date']} (ended {ctx['end']}), commit {ctx['commit']}",
+              f"- machine: {ctx['cores']} cores ({ctx['cpu']}); load average "
+              f"(1, 5, 15 min) {ctx['load_start']} at the start, {ctx['load_end']} "
+              f"at the end; 1-min load before each run {ctx['load_range']}",
+              f"- network3: {ctx['network3']}; backend {ctx['backend']}; "
+              f"OPENBLAS_CORETYPE {ctx['coretype']}, OPENBLAS_L2_SIZE {ctx['l2size']}",
+              f"- PyTorch: {ctx['torch']}",
+              f"- JAX: {ctx['jax']}",
+              f"- method: mini-batch {MINI_BATCH}, float32, random images of MNIST's "
+              f"shape; per step: the mean of {ctx['steps']} steps after "
+              f"{ctx['warmup']} warm-up steps; per epoch: x {STEPS_PER_EPOCH} "
+              f"(50,000 images); each cell: the fastest of {ctx['repeats']} "
+              "interleaved runs, each in a fresh process (min-max of the runs "
+              "in brackets); speed-up: PyTorch's faster thread setting over "
+              "network3, fastest against fastest (each round's own ratio in "
+              "brackets)", ""]
+    t_threads = ctx.get("torch_threads", "default")
+    lines += ["| net (book's settings) | network3 ms/step | PyTorch 1 thread ms/step | "
+              f"PyTorch {t_threads} threads ms/step | network3 JAX (CPU) ms/step | "
+              "network3 s/epoch | PyTorch s/epoch | speed-up per epoch | "
+              "JAX s/epoch |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        n3, t1, td, jx = r["network3"], r["torch1"], r["torch"], r["jax"]
+        n3_best = _fastest(n3)
+        torch_best = _fastest(t1 + td)
+        jax_best = _fastest(jx)
+        ratio, rounds = "-", []
+        for a, b, c in zip(n3, t1 or [{}] * len(n3), td or [{}] * len(n3)):
+            t = _fastest([b, c])
+            if a.get("step_ms") and t:
+                rounds.append(t / a["step_ms"])
+        if n3_best and torch_best:
+            ratio = f"{torch_best / n3_best:.2f}x"
+            if len(rounds) > 1:
+                ratio += f" ({min(rounds):.2f}-{max(rounds):.2f}x)"
+        lines.append(
+            f"| {name} ({settings(name)}) | {_ms(n3)} | {_ms(t1) if t1 else '-'} | "
+            f"{_ms(td) if td else '-'} | {_ms(jx) if jx else '-'} | {_epoch(n3_best)} | "
+            f"{_epoch(torch_best)} | {ratio} | {_epoch(jax_best)} |")
+    cut = [f"{name} {label} ({', '.join(str(x['steps']) for x in runs if 'steps' in x)})"
+           for name, r in results.items()
+           for key, label in (("network3", "network3"), ("torch1", "PyTorch 1 thread"),
+                              ("torch", "PyTorch default threads"), ("jax", "JAX"))
+           if (runs := r[key]) and any(x.get("steps", ctx["steps"]) < ctx["steps"]
+                                       for x in runs)]
+    if cut:
+        lines += ["", f"Runs whose timed steps were stopped after {MAX_TIMED_S:.0f} s "
+                  "(steps timed per run): " + "; ".join(cut) + "."]
+    lines += ["", "First call (importing, building, compiling and the first step), "
+              "seconds, fastest (min-max); peak memory of the timed runs (max RSS):", "",
+              "| net | network3, empty cache | network3, cache filled | JAX | "
+              "PyTorch | network3 peak MB | JAX peak MB | PyTorch peak MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        torch_runs = r["torch1"] + r["torch"]
+        lines.append(f"| {name} | {_first(r['cold'])} | {_first(r['network3'])} | "
+                     f"{_first(r['jax'])} | {_first(torch_runs)} | {_peak(r['network3'])} | "
+                     f"{_peak(r['jax'])} | {_peak(torch_runs)} |")
+    if floor:
+        lines += ["", "Where the time goes: ms per step, fastest runs, against the floor "
+                  "(the larger of the step's products at one-thread sgemm speed and "
+                  "its bytes at one-thread bandwidth):", ""]
+        if "error" in floor:
+            lines.append(f"floor: {floor['error']}")
+        else:
+            lines += ["| net | products, MFLOP | compute floor ms (GFLOP/s) | bytes moved, "
+                      "MB (working set) | memory floor ms (GB/s) | floor ms | network3 | "
+                      "network3 JAX | PyTorch | network3 / floor | PyTorch / floor |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for name, r in results.items():
+                f = floor["nets"].get(name)
+                if not f:
+                    continue
+                fl = max(f["compute_s"], f["memory_s"]) * 1e3
+                n3 = _fastest(r["network3"])
+                tb = _fastest(r["torch1"] + r["torch"])
+                jx = _fastest(r["jax"])
+                lines.append(
+                    f"| {name} | {f['products']} products, {f['flops'] / 1e6:.1f} | "
+                    f"{f['compute_s'] * 1e3:.3f} ({f['flops'] / f['compute_s'] / 1e9:.0f}) | "
+                    f"{f['bytes'] / 1e6:.2f} ({f['working_set'] / 1e6:.2f}) | "
+                    f"{f['memory_s'] * 1e3:.3f} ({f['bw'] / 1e9:.0f}) | {fl:.3f} | "
+                    f"{_cell(n3)} | {_cell(jx)} | {_cell(tb)} | {_times(n3, fl)} | "
+                    f"{_times(tb, fl)} |")
+            lines += ["", "The floor's model: each matrix product of the step "
+                      "(convolutions as their im2col products; the first layer's input "
+                      "needs no gradient) timed as a one-thread numpy sgemm of its shape "
+                      "(2*m*n*k FLOPs each); the bytes the step must move: the weights "
+                      "read by the forward product and by the backward product, read and "
+                      "written by the update, each activation and its gradient written "
+                      "once and read twice, at the one-thread bandwidth (numpy sum or "
+                      "copy, the faster) over an array of the step's working set "
+                      "(weights, their gradients, activations). Element-wise work, "
+                      "dropout masks and the softmax are left out. The best of "
+                      f"{floor.get('runs', 1)} measurements, one thread (BLAS: "
+                      f"{', '.join(floor['blas']) or 'unknown'}); for scale: bandwidth "
+                      f"{floor['bw_large'] / 1e9:.1f} GB/s over "
+                      f"{floor['large_bytes'] >> 20} MB, sgemm 1024x1024x1024 "
+                      f"{floor['sgemm_1024_flops'] / 1e9:.0f} GFLOP/s."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Networks: " + ", ".join(f"{n} ({settings(n)})" for n in NETS))
+    parser.add_argument("--nets", nargs="+", default=list(DEFAULT_NETS), choices=list(NETS),
+                        metavar="NET", help="networks to measure (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=500,
-                        help="timed SGD steps per measurement (after 100 warm-up)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timed runs of each framework, interleaved; the "
-                        "fastest counts (the machine is shared and noisy)")
-    parser.add_argument("--backend", default="numba",
-                        help="network3 backend: numba, jax or c")
-    parser.add_argument("--torch-threads", type=int, default=0,
-                        help="torch.set_num_threads (default: the faster of 1 "
-                        "and PyTorch's default)")
-    parser.add_argument("--worker", choices=["network3", "torch"],
+                        help="timed SGD steps per run (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=100,
+                        help="untimed steps before them (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds; the fastest run of each counts "
+                        "(default: %(default)s)")
+    parser.add_argument("--backend", default="numba", choices=["numba", "jax", "c"],
+                        help="network3's backend for the main column (default: numba)")
+    parser.add_argument("--torch-python", default=sys.executable, metavar="PATH",
+                        help="the Python that runs the PyTorch workers (default: "
+                        "this one)")
+    parser.add_argument("--torch-threads", type=int, default=0, metavar="N",
+                        help="PyTorch's threads besides 1 (default: torch's own default)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--no-jax", action="store_true", help="skip the JAX column")
+    parser.add_argument("--no-cold", action="store_true",
+                        help="skip the first call with an empty compile cache")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor")
+    parser.add_argument("--out", metavar="FILE",
+                        help="write the markdown there too (default: print only)")
+    parser.add_argument("--append", action="store_true",
+                        help="with --out: append to FILE instead of replacing it")
+    # one measurement in this process (what the main run starts)
+    parser.add_argument("--worker", choices=["network3", "torch", "floor"],
                         help=argparse.SUPPRESS)
-    parser.add_argument("--net", help=argparse.SUPPRESS)
+    parser.add_argument("--net", choices=list(NETS), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.worker in ("network3", "torch") and not args.net:
+        parser.error("--worker needs --net")
+    if args.steps < 0 or args.warmup < 0 or args.repeats < 1:
+        parser.error("--steps and --warmup must be >= 0, --repeats >= 1")
+    return args
+
+
+def main(argv=None):
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(raw)
     if args.worker:
         return worker(args)
+    return run(args, raw)
 
-    try:
-        import torch
-        have_torch = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    except ImportError:
-        have_torch = None
-    # asked of a child process: importing network3 here would raise the peak
-    # memory that the measuring processes inherit
-    blas = subprocess.run(
-        [sys.executable, "-c", "from network3.accel import kernels; "
-         "print(kernels._NUMPY_CBLAS or \"SciPy's, through Numba\")"],
-        capture_output=True, text=True).stdout.strip() or "unknown"
-    print(f"# {os.cpu_count()} cores; mini-batch {MINI_BATCH}, float32; "
-          f"{args.steps} timed steps, per epoch = x {STEPS_PER_EPOCH}, fastest "
-          f"of {args.repeats} runs each; "
-          f"network3 backend {args.backend} (its products: {blas}); "
-          f"{have_torch or 'torch not installed: no baseline'}")
-    print("| net | network3 s/epoch | first call, cold cache s | first call, "
-          "cached s | peak MB | PyTorch s/epoch | PyTorch peak MB | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for net in args.nets:
-        # the first run fills an empty compile cache; the second reuses it
-        cache = tempfile.mkdtemp(prefix="network3-bench-")
-        cold = measure("network3", net, 10, args.backend, cache=cache)
-        runs, torch_runs = [], []
-        for _ in range(args.repeats):  # interleaved: both meet the same noise
-            runs.append(measure("network3", net, args.steps, args.backend, cache=cache))
-            if have_torch:
-                # PyTorch's best of one thread and its default (on a busy
-                # 2-core machine its default thread pool can be several
-                # times slower)
-                torch_runs += [measure("torch", net, args.steps, threads=t) for t in
-                               ([args.torch_threads] if args.torch_threads else [1, 0])]
-        shutil.rmtree(cache, ignore_errors=True)
-        warm = _fastest(runs)
-        row = [net]
-        if "error" in warm:
-            row += [warm["error"], "", "", ""]
+
+def run(args, raw):
+    me = sys.executable
+    command = shlex.join([me, os.path.relpath(os.path.abspath(__file__)), *raw])
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    load_start = ", ".join(f"{v:.2f}" for v in _load())
+    loads = []
+    found = _probe(me, _NETWORK3_VERSIONS)
+    network3, package = found.split("|") if found else ("network3 not importable", None)
+    torch_info, torch_default = None, None
+    if not args.no_torch:
+        found = _probe(args.torch_python, _TORCH_VERSIONS)
+        if found:
+            torch_info, torch_default = found.split("|")
+            torch_default = int(torch_default)
+    jax_info = None if args.no_jax else _probe(me, _JAX_VERSIONS)
+    threads = args.torch_threads or torch_default
+    ctx = dict(
+        command=command, date=date, commit=_git_commit(package), cores=os.cpu_count(),
+        cpu=_cpu_name(), load_start=load_start, network3=network3, backend=args.backend,
+        coretype=os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        l2size=os.environ.get("OPENBLAS_L2_SIZE", "unset"),
+        torch=(f"{torch_info} ({args.torch_python}); eager, CPU, "
+               "torch.optim.SGD(foreach=True), weight_decay lmbda/num_training_batches "
+               "on the weights") if torch_info else
+        ("skipped (--no-torch)" if args.no_torch else
+         f"not importable by {args.torch_python}: no baseline"),
+        jax=(f"{jax_info}; network3.set_backend('jax')" if jax_info else
+             "skipped (--no-jax)" if args.no_jax else "jax not importable: no column"),
+        steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+        torch_threads=threads or "default")
+    print(f"# {command}\n# {date}, load {load_start}; {network3}; "
+          f"PyTorch: {torch_info or 'none'}; JAX: {jax_info or 'none'}", flush=True)
+
+    def measure(label, python, argv, env=None):
+        loads.append(_load()[0])
+        r = run_worker(python, argv, env=env)
+        if "nets" in r:  # a floor: its two machine figures
+            r_shown = {"bw_large_GBs": r["bw_large"] / 1e9,
+                       "sgemm_1024_GFLOPs": r["sgemm_1024_flops"] / 1e9}
         else:
-            row += [f"{warm['epoch_s']:.1f}", f"{cold['first_call_s']:.1f}",
-                    f"{warm['first_call_s']:.1f}", f"{warm['peak_mb']:.0f}"]
-        if have_torch:
-            ref = _fastest(torch_runs)
-            if "error" in ref or "error" in warm:
-                row += [ref.get("error", f"{ref.get('epoch_s', 0):.1f}"), "", ""]
-            else:
-                row += [f"{ref['epoch_s']:.1f} ({ref['threads']} thr)",
-                        f"{ref['peak_mb']:.0f}",
-                        f"{ref['epoch_s'] / warm['epoch_s']:.2f}x"]
-        else:
-            row += ["-", "-", "-"]
-        print("| " + " | ".join(row) + " |", flush=True)
+            r_shown = r
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r_shown.items()}
+        print(f"  {label}: {shown}", flush=True)
+        return r
+
+    results = {}
+    steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    for name in args.nets:
+        r = results[name] = {"cold": [], "network3": [], "torch1": [], "torch": [],
+                             "jax": []}
+        print(f"{name} ({settings(name)})", flush=True)
+        for round_ in range(args.repeats):
+            cache = tempfile.mkdtemp(prefix="network3-bench-")
+            try:
+                # a new, empty cache each round, filled by its first run;
+                # with --no-cold, the user's own cache
+                env = None if args.no_cold else _cache_env(cache)
+                base = ["--worker", "network3", "--net", name, "--backend", args.backend]
+                if not args.no_cold:  # fills the empty cache
+                    r["cold"].append(measure(f"round {round_ + 1} network3, empty cache",
+                                             me, base + ["--steps", "0", "--warmup", "0"],
+                                             env))
+                r["network3"].append(measure(f"round {round_ + 1} network3", me,
+                                             base + steps, env))
+                if torch_info:
+                    t = ["--worker", "torch", "--net", name, *steps]
+                    r["torch1"].append(measure(f"round {round_ + 1} PyTorch 1 thread",
+                                               args.torch_python, t + ["--threads", "1"],
+                                               _torch_env(1)))
+                    if threads and threads != 1:
+                        extra = ["--threads", str(args.torch_threads)] \
+                            if args.torch_threads else []
+                        r["torch"].append(measure(
+                            f"round {round_ + 1} PyTorch {threads} threads",
+                            args.torch_python, t + extra, _torch_env(args.torch_threads)))
+                if jax_info:
+                    r["jax"].append(measure(
+                        f"round {round_ + 1} network3 JAX", me,
+                        ["--worker", "network3", "--net", name, "--backend", "jax", *steps],
+                        env))
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    floor = None
+    if not args.no_floor:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        floors = [measure(f"floor {i + 1}", me, ["--worker", "floor", "--nets", *args.nets],
+                          env) for i in range(args.repeats)]
+        floor = best_floor(floors)
+    ctx["end"] = datetime.datetime.now().astimezone().strftime("%H:%M %Z")
+    ctx["load_end"] = ", ".join(f"{v:.2f}" for v in _load())
+    ctx["load_range"] = f"{min(loads):.2f}-{max(loads):.2f}" if loads else "-"
+    report = build_report(ctx, results, floor)
+    print()
+    print(report, end="", flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a" if args.append else "w") as f:
+            if args.append:
+                f.write("\n")
+            f.write(report)
+        print(f"# written to {args.out}")
+    return results
 
 
 if __name__ == "__main__":

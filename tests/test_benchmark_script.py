@@ -1,0 +1,97 @@
+"""scripts/benchmark.py: its command line, its network3 and PyTorch
+workers on a few steps of the shallow network, and its floor model.  The
+timings themselves are not checked (a shared machine is noisy); PyTorch is
+not a dependency of network3, so its test is skipped when torch is missing."""
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+benchmark = importlib.import_module("benchmark")
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _sane(result, steps_expected=True):
+    assert "error" not in result, result
+    assert 0 < result["first_call_s"] < 300
+    if steps_expected:
+        assert 0 < result["step_ms"] < 1000
+        assert math.isclose(result["epoch_s"], result["step_ms"] * 5000 / 1e3, rel_tol=1e-9)
+    assert result["peak_mb"] > 0
+
+
+def test_help_prints_and_writes_nothing(tmp_path):
+    report = ROOT / "results" / "benchmark.md"
+    before = report.stat().st_mtime_ns if report.exists() else None
+    out = _run("--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "--torch-python" in out.stdout and "--out" in out.stdout
+    assert "double_fc_dropout (eta 0.03, lmbda 0.0, p_dropout 0.5)" in " ".join(
+        out.stdout.split())
+    assert list(tmp_path.iterdir()) == []
+    assert (report.stat().st_mtime_ns if report.exists() else None) == before
+
+
+def test_network3_worker_json():
+    out = _run("--worker", "network3", "--net", "shallow", "--steps", "5", "--warmup", "2")
+    assert out.returncode == 0, out.stderr
+    _sane(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torch is not importable by this Python (PyTorch is not a "
+                    "dependency of network3: pip install torch to run the baseline)")
+def test_torch_worker_json():
+    out = _run("--worker", "torch", "--net", "shallow", "--steps", "5", "--warmup", "2",
+               "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    _sane(result)
+    assert result["threads"] == 1
+
+
+def test_main_writes_the_report(tmp_path, monkeypatch):
+    """main(argv), importable: one round of network3 alone, written with its
+    command line, date and versions at the top."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.md"
+    results = benchmark.main(["--nets", "shallow", "--steps", "3", "--warmup", "1",
+                              "--repeats", "1", "--no-torch", "--no-jax", "--no-cold",
+                              "--no-floor", "--out", str(out)])
+    _sane(results["shallow"]["network3"][0])
+    text = out.read_text()
+    assert "scripts/benchmark.py --nets shallow --steps 3" in text
+    assert "PyTensor" in text and "load average" in text and "date: " in text
+    assert "| shallow (eta 0.1, lmbda 0.0) |" in text
+    assert os.listdir(tmp_path) == ["bench.md"]
+
+
+def test_floor_model_counts():
+    """The products and bytes of one step: 2*m*n*k FLOPs per product, three
+    products per layer but the first (its input needs no gradient)."""
+    products, weight_bytes, act_bytes, _ = benchmark.step_work("shallow")
+    assert products == [(10, 784, 100), (784, 10, 100), (10, 100, 10), (100, 10, 10),
+                        (10, 10, 100)]
+    # weights: read forward, (not first) read backward, read + written by the update
+    assert weight_bytes == 4 * (784 * 100 * 3 + 100 * 3 + 100 * 10 * 4 + 10 * 3)
+    products, *_ = benchmark.step_work("dbl_conv_relu")
+    flops = sum(2 * m * k * n for m, k, n in products)
+    # conv 1: 10 x 20 x 24 x 24 outputs of 25 products, forward and weights'
+    # gradient; conv 2: 10 x 40 x 8 x 8 of 500, three times
+    conv = 2 * (2 * 10 * 20 * 576 * 25) + 3 * (2 * 10 * 40 * 64 * 500)
+    fc = 3 * 2 * 10 * 640 * 100 + 3 * 2 * 10 * 100 * 10
+    assert flops == conv + fc
