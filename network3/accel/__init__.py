@@ -40,41 +40,39 @@ def numba_mode():
 
 
 def self_check(mode):
-    """Train a tiny conv network for two SGD steps in ``mode`` and on
-    PyTensor's Python linker; raise AcceleratorError if they differ.  The
-    network has both of the accelerator's conv layouts (one product per
-    image, one per batch), sigmoid and ReLU, the L2 term and the book's cost,
-    so every rewrite and kernel of the book's networks runs."""
+    """Train a tiny network for three SGD steps in ``mode`` and on PyTensor's
+    Python linker (numpy); raise AcceleratorError if they differ.  A sigmoid
+    layer (the vectorised float32 sigmoid), softmax, the book's cost and the
+    L2 term: the private machinery every book network goes through (the
+    linker and its code libraries, the BLAS binding and Numba intrinsics,
+    the SGD-step rewrites).  No conv layer: its kernels are plain Numba
+    loops and the same BLAS binding, and compiling them would add seconds
+    to every first run (the tests check them against numpy and scipy)."""
     import pytensor
     import pytensor.tensor as pt
     from pytensor.compile.mode import Mode
 
-    from .. import ops
-
     rng = np.random.default_rng(0)
     f32 = "float32"
     B = 2
-    shapes = {"w1": (2, 1, 3, 3), "b1": (2,), "w2": (3, 2, 3, 3), "b2": (3,),
-              "w3": (27, 4), "b3": (4,), "w4": (4, 3), "b4": (3,)}
+    shapes = {"w2": (6, 4), "b2": (4,), "w3": (4, 3), "b3": (3,)}
     start = {name: rng.normal(0, 0.5, shape).astype(f32) for name, shape in shapes.items()}
-    x_value = rng.random((3 * B, 400)).astype(f32)
+    x_value = rng.random((3 * B, 6)).astype(f32)
     y_value = rng.integers(0, 3, 3 * B).astype("int32")
 
     def step(compile_mode):
         p = {name: pytensor.shared(value.copy(), name=name, shape=value.shape)
              for name, value in start.items()}
-        x = pt.matrix("x", dtype=f32, shape=(B, 400))
+        x = pt.matrix("x", dtype=f32, shape=(B, 6))
         y = pt.vector("y", dtype="int32", shape=(B,))
-        images = x.reshape((B, 1, 20, 20))
-        z1 = ops.conv2d(images, p["w1"], (B, 1, 20, 20), shapes["w1"])   # 18 x 18
-        a1 = pt.sigmoid(ops.max_pool_2d(z1, (B, 2, 18, 18), (2, 2))
-                        + p["b1"].dimshuffle("x", 0, "x", "x"))         # 9 x 9
-        z2 = ops.conv2d(a1, p["w2"], (B, 2, 9, 9), shapes["w2"])          # 7 x 7
-        a2 = pt.maximum(0.0, ops.max_pool_2d(z2, (B, 3, 7, 7), (2, 2))
-                        + p["b2"].dimshuffle("x", 0, "x", "x"))         # 3 x 3
-        a3 = pt.sigmoid(pt.dot(a2.flatten(2), p["w3"]) + p["b3"])
-        out = pt.special.softmax(pt.dot(a3, p["w4"]) + p["b4"], axis=1)
-        l2 = sum((p[w] ** 2).sum() for w in ("w1", "w2", "w3", "w4"))
+        a2 = pt.sigmoid(pt.dot(x, p["w2"]) + p["b2"])
+        z3 = pt.dot(a2, p["w3"]) + p["b3"]
+        if compile_mode is mode:
+            out = pt.special.softmax(z3, axis=1)
+        else:  # PyTensor's Softmax Op would compile its inner graph in Numba
+            e = pt.exp(z3 - z3.max(axis=1, keepdims=True))
+            out = e / e.sum(axis=1, keepdims=True)
+        l2 = sum((p[w] ** 2).sum() for w in ("w2", "w3"))
         cost = -pt.mean(pt.log(out)[pt.arange(B), y]) + 0.5 * 0.1 * l2 / 3
         params = list(p.values())
         grads = pt.grad(cost, params)
@@ -86,7 +84,7 @@ def self_check(mode):
         return results, {name: v.get_value() for name, v in p.items()}
 
     ours, our_params = step(mode)
-    reference, ref_params = step(Mode(linker="py", optimizer="fast_compile"))
+    reference, ref_params = step(Mode(linker="py", optimizer=None))
     for i, ((cost, labels), (ref_cost, ref_labels)) in enumerate(zip(ours, reference)):
         if not np.allclose(cost, ref_cost, rtol=1e-4, atol=1e-5):
             raise AcceleratorError(f"self-check: cost of step {i} is {cost}, expected {ref_cost}")
