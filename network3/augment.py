@@ -212,11 +212,9 @@ class Augment:
     fields); ``__call__`` draws them, then the elastic fields ``CHUNK``
     images at a time.
 
-    Cost, measured on this project's 2-core machine with a training run on
-    the other core: 6 to 7 s for the 50,000 training images with all four
-    on (about 3 s with ``elastic=None``; the rest is the elastic fields'
-    Gaussian smoothing), and 160 MB of working memory besides the 157 MB
-    result.
+    Most of the cost is the elastic fields' Gaussian smoothing
+    (``elastic=None`` skips it); working memory is about the size of the
+    result.  docs/performance.md has the measurement.
     """
 
     def __init__(self, translate=2.0, rotate=10.0, skew=0.2, elastic=(34.0, 4.0),

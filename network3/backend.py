@@ -82,10 +82,10 @@ def as_floatX(value):
 # ---------------------------------------------------------------- BLAS threads
 def set_blas_threads(n):
     """BLAS threads used while network3 trains or predicts (default 1;
-    ``None`` leaves the BLAS libraries' own setting).  Measured on a 2-core
-    machine with another process busy: a dbl_conv step took 48-61 ms with
-    OpenBLAS's default thread pool and 5-6 ms with one thread; the matrices
-    of a mini-batch of 10 are too small to gain from threads."""
+    ``None`` leaves the BLAS libraries' own setting).  The matrices of a
+    mini-batch of 10 are too small to gain from threads, and on a busy
+    machine OpenBLAS's spinning threads made a step ten times slower
+    (docs/performance.md)."""
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"BLAS threads must be a positive integer or None, not {n!r}")
     _settings["blas_threads"] = n
@@ -285,8 +285,7 @@ def function(inputs, outputs, **kwargs):
     with _quiet_jax():
         fn = pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     # Keep the data and parameters on the JAX device: left as numpy arrays,
-    # every call copies the whole training set to it (measured: shallow net,
-    # 100 ms per step instead of 3.7).
+    # every call copies the whole training set to it.
     _device_put(getattr(fn, "input_storage", ()))
     return _Quiet(fn)
 

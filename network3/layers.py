@@ -71,9 +71,8 @@ def init_weights(shape, n_in, n_out, init="book"):
 def _shared(value, name):
     # With its shape in the type, every product and sum of the graph has a
     # static shape, and PyTensor needs no shape checks (SpecifyShape,
-    # Assert) between the nodes: fewer nodes to compile and to run (the
-    # shallow net's step: 0.11 -> 0.07 ms).  set_value then takes arrays
-    # of this shape only.
+    # Assert) between the nodes: fewer nodes to compile and to run.
+    # set_value then takes arrays of this shape only.
     value = as_floatX(value)
     return pytensor.shared(value, name=name, borrow=True, shape=value.shape)
 
@@ -481,7 +480,7 @@ def advance_on_every_call(rng, next_rng):
 
 def _probe_default_updates():
     # a shared counter with a default update, in a function compiled
-    # without optimisation (about 2 ms): does one call advance it?
+    # without optimisation (cheap): does one call advance it?
     probe = pytensor.shared(np.int64(0), name="default_update_probe")
     try:
         with warnings.catch_warnings():

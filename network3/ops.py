@@ -13,8 +13,8 @@ both.  Each is here twice:
   definitions?  Differentiated, the convolution's graph holds 25 slices and
   25 ``inc_subtensor`` per layer: Numba took minutes to compile the book's
   two-layer network and ran it slower than PyTorch.  A few big Ops with
-  hand-written kernels compile 4x sooner and made the network's training
-  step 1.7x faster (``scripts/benchmark.py``).
+  hand-written kernels compile in a fraction of that and run faster
+  (docs/performance.md).
 
 The Ops' arithmetic is here in numpy (``perform``: the C backend and the
 Python VM run it); ``numba_ops.py`` gives PyTensor's Numba backend the same

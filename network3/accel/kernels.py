@@ -173,8 +173,7 @@ def nb_conv2d_grad_weights_cols_per_image(cols, gz, B, F, oh, ow, C, kh, kw):
 @inline
 def nb_conv2d_grad_weights_cols_batch(cols, gz, B, F, oh, ow, C, kh, kw):
     # gw.T = (C*kh*kw, B*oh*ow) @ (B*oh*ow, F), then transposed: BLAS is
-    # faster this way round than as gz @ cols.T (the book's second layer,
-    # throwaway timing: 0.31 -> 0.28 ms)
+    # faster this way round than as gz @ cols.T at the book's second layer
     K = C * kh * kw
     gwT = np.empty((K, F), cols.dtype)
     nb_gemm(gwT, 1.0, cols[0], nb_filter_major(gz, B, F, oh, ow).T, 0.0)
@@ -192,9 +191,8 @@ def _numpy_cblas():
     and ``network3_cblas_dgemm``; None where it is not found.
 
     Why: Numba's BLAS binding goes through SciPy's OpenBLAS, and the two
-    wheels bundle different builds.  Measured here (numpy's 0.3.31, SciPy's
-    0.3.30), a (10, 1000) by (1000, 1000) product took 0.45 ms through
-    numpy's and 0.67 ms through SciPy's (scripts/bench_products.py)."""
+    wheels bundle different builds; numpy's ran the book's small-batch
+    products faster (scripts/bench_products.py, docs/performance.md)."""
     import ctypes
 
     import llvmlite.binding as llvm
@@ -303,8 +301,7 @@ def nb_sum_of_squares(x):
 
 
 # A loop, not BLAS's dot: the same speed (both read x once, at memory
-# speed), a float64 sum, and none of the code Numba compiles for np.dot (a
-# first run's compile: about 0.5 s)
+# speed), a float64 sum, and none of the code Numba compiles for np.dot
 @inner(fastmath={"reassoc", "contract"})
 def _sum_of_squares(v):
     total = 0.0
@@ -383,7 +380,7 @@ def _gemm(z, a, x, y, b):
         _xgemm(_flip(tx), _flip(ty), M, N, K, a, x, ldx, y, ldy, b, out, M)
     if out.ctypes.data != z.ctypes.data:
         # a loop, not z[...] = out: Numba would compile a shape-mismatch
-        # error message for that (about 2 s of a first run's compile)
+        # error message for that, seconds of a first run's compile
         for i in range(M):
             for j in range(N):
                 z[i, j] = out[i, j]

@@ -1,41 +1,31 @@
-"""linker.py: how network3 hands a graph to Numba, for a short first run.
+"""accel/linker.py: how network3 hands a graph to Numba, for a short first run.
 
 PyTensor's Numba linker turns the graph into one Python function that calls
 one jitted function per node, then has Numba compile it.  For its on-disk
 cache it wraps every node's function, and then the graph's function, in a
-small cached function of its own.  Numba links each callee's code into its
-caller and optimises the result again, so that every node's code was
-optimised and compiled to machine code once for the node, once for its
-wrapper, and twice more for the graph's function and its wrapper.
+small cached function of its own, and Numba links each callee's code into
+its caller and optimises the result again, at every level.
 
 ``GraphLinker`` compiles the graph's function once, and caches it on disk as
-one entry (under PyTensor's compile directory, as PyTensor does), with the
-key PyTensor's own dispatchers give each node.  The node functions are not
-wrapped or cached one by one; within a process, nodes with the same key
-share one jitted function, so the accuracy functions of ``SGD`` reuse what
-the training function compiled.  Measured on the benchmark's dbl_conv
-network with an empty cache (scripts/benchmark.py's first call, 2 cores):
-27.7 s with PyTensor's linker, 16.7 s with this one; with a warm cache,
-1.5 s and 0.6 s.
+one entry (under PyTensor's compile directory), with the key PyTensor's own
+dispatchers give each node.  Within a process, nodes with the same key share
+one jitted function, so the accuracy functions of ``SGD`` reuse what the
+training function compiled.  What a graph computes is not changed: the node
+functions are PyTensor's (and kernels.py's), called in the same order.  The
+price is a coarser disk cache: a graph that differs in one constant is
+compiled afresh in a new process.
 
-What a graph computes is not changed: the node functions are PyTensor's
-(and kernels.py's), called in the same order.  The price is a coarser disk
-cache: a graph that differs in one constant (another ``lmbda``) is compiled
-afresh in a new process, where PyTensor's linker would reuse the unchanged
-nodes.
+Numba also makes machine code for every function as soon as it is compiled,
+each optimised with everything it calls, though only the graph's function is
+ever called from Python.  So while it compiles a graph, ``GraphLinker``
+gives Numba a code library (``LinkOnlyLibrary``) that links its callees'
+code in but optimises it and makes machine code only when an address in it
+is asked for: for the graph's function at once; for a node's function
+(compiled with no entry point from Python), never.
 
-Numba also makes machine code for every function it compiles, as soon as it
-is compiled: each node's function, each kernel, each of Numba's own helpers,
-after optimising each one's code with the code of everything it calls.  Only
-the graph's function is ever called from Python; the others run as the copies
-linked into it.  So while it compiles a graph, ``GraphLinker`` gives Numba a
-code library (``LinkOnlyLibrary``) that links its callees' code in but
-optimises it and makes machine code only when something asks for an address
-in it: for the graph's function, at once; for a node's function (compiled
-with no entry point from Python, as PyTensor's and kernels.py's are), never.
-Measured with an empty cache (the benchmark's worker, one interleaved pair of
-runs each): the first call 21.9 -> 14.7 s for dbl_conv, 25.5 -> 16.3 s for
-double_fc_dropout, the same step time.
+This reaches into Numba's code libraries and compiler (private names that
+may move): accel/__init__.py checks it before use.  docs/performance.md has
+the compile times before and after, with their commands.
 """
 
 import weakref

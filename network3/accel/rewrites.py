@@ -1,79 +1,38 @@
 """accel/rewrites.py: graph rewrites that make the book's SGD step cheaper on
 PyTensor's Numba backend, to run or to compile, without changing what it
-computes.
+computes.  Each replaces PyTensor's version of a node with an Op of this
+module (or PyTensor's Gemm/Dot22) whose Numba code is in kernels.py.
 
-The book's update of a weight matrix, with the L2 term, is
-
-    w - eta * (dot(x.T, delta) + (lmbda/n) * w)
-
-and PyTensor computes it as written: the product into a fresh matrix the
-size of w, then an element-wise pass that reads that matrix and w and writes
-the new w.  The cost it returns also needs sum(w**2), which the element-wise
-pass writes out as one more w-sized matrix before summing it.  For the
-1000 x 1000 layers of the book's largest network, at a mini-batch of 10,
-those passes over memory are most of the step.
+For the step time, the book's update of a weight matrix with the L2 term,
+``w - eta * (dot(x.T, delta) + (lmbda/n) * w)``, which PyTensor computes as
+a product into a fresh matrix and then an element-wise pass over it and w:
 
 * ``local_sgd_step_to_gemm``: the update becomes one BLAS call,
-  ``gemm(w, -eta, x.T, delta, 1 - eta*lmbda/n)``, which PyTensor then runs in
-  place (its ``InplaceBlasOpt``): one read and one write of w.
-* ``local_sum_of_squares``: sum(w**2) becomes ``SumOfSquares``, one loop
-  over w summing in float64: one read of w.
-* ``local_dot_to_dot22``: matrix products become PyTensor's ``Dot22``.
-  Numba's np.dot copies every operand whose layout it cannot prove
-  contiguous at compile time, and the transposed weights of the backward
-  pass are such operands (a 4 MB copy per layer and step); ``Dot22`` here
-  hands them to BLAS as they are.
+  ``gemm(w, -eta, x.T, delta, 1 - eta*lmbda/n)``, which PyTensor then runs
+  in place: one read and one write of w;
+* ``local_sum_of_squares``: sum(w**2) in the cost becomes ``SumOfSquares``,
+  one pass over w summing in float64;
+* ``local_dot_to_dot22``: matrix products become ``Dot22``, which hands
+  transposed weights to BLAS as they are (Numba's np.dot copies them);
+* ``local_fast_sigmoid``: float32 sigmoid becomes ``FastSigmoid``, whose
+  exp is arithmetic LLVM vectorises, not a C-library call per number;
+* ``local_flat_elemwise``: fused element-wise loops with static shapes
+  merge adjacent axes, so the vectorised innermost loop is long;
+* ``local_conv_cols``: a conv layer's forward product and weight gradient
+  share one ``Im2col``; ``local_blas_conv_grad_inputs`` sends the input
+  gradient's product through the same BLAS binding.
 
-PyTensor's ``Gemm`` and ``Dot22`` Ops have no Numba implementation; this
-module gives them one (``kernels.nb_gemm``: one BLAS call, any operand
-layout).  With them and ``kernels._numpy_cblas``, ``scripts/benchmark.py``'s
-double_fc_dropout network went from 37.3 to 22.0 s an epoch.
-
-Six more are for the compile time of a first run.  Numba compiles every
-node of the graph into a function of its own (and PyTensor's versions of
-some nodes into several nested ones, with their error messages), then links
-them all into one function and optimises the whole once more;
-``scripts/compile_profile.py`` shows which node costs what.  Each of these
-replaces PyTensor's version of a node of the book's graph with one loop
-nest, same arithmetic:
-
-* ``local_row_softmax``: Softmax and LogSoftmax, each a small inner graph
-  (max, exp, sum, divide), become ``RowSoftmax``;
-* ``local_take_rows`` and ``local_put_rows``: the cost's label pick
-  ``log(p)[arange(n), y]``, general advanced indexing, and its gradient,
-  advanced indexing into an allocated matrix of zeros, become ``TakeRows``
-  and ``PutRows``;
-* ``local_sum_keep``: sums over all axes but one (the bias gradients, the
-  cost's mean) become ``SumKeep``, accumulated in float64 as PyTensor does;
-* ``local_shape_check``: SpecifyShape (the check that a mini-batch has the
-  shape the layers were built for) becomes ``ShapeCheck``, the same check
-  with a fixed message;
-* ``local_row_argmax``: the predicted labels, argmax(p, axis=1), become
-  ``RowArgmax`` (PyTensor's Argmax compiled for 3.8 s here, most of it
-  error-message code; the accuracy functions of ``SGD`` all have one).
-
-And three for the step time of conv networks:
-
-* ``local_fast_sigmoid``: float32 sigmoid becomes ``FastSigmoid``, the same
-  function, whose Numba implementation (``kernels.nb_sigmoid``) computes exp
-  with arithmetic that LLVM vectorises instead of one C-library call per
-  number.  Measured on the benchmark's dbl_conv step (throwaway timing of
-  each node): the first layer's sigmoid(pooled + b), 28,800 numbers, went
-  from 0.15 to 0.07 ms, the step from 1.60 to 1.56 ms.
-* ``local_flat_elemwise`` (after PyTensor's fusion of element-wise loops):
-  a fused loop over tensors with static shapes becomes ``FlatElemwise``,
-  whose Numba implementation merges adjacent axes first, so that the
-  innermost loop, the one LLVM vectorises, is long: 144 numbers instead of
-  12 in the book's first conv layer, 6,400 instead of 4 in its second.
-  dbl_conv step 1.55 -> 1.45 ms (three interleaved runs each).
-* ``local_conv_cols``: a conv layer's forward product and its weight
-  gradient read the same im2col columns of the layer's input; ``Im2col``
-  builds them once, ``Conv2dFromCols`` and ``Conv2dGradWeightsFromCols``
-  read them (about 0.06 ms of the book's second layer's 1 ms).
+For the compile time of a first run (Numba compiles every node into a
+function of its own, PyTensor's versions of some into several nested ones
+with their error messages), one loop nest each, same arithmetic:
+``RowSoftmax`` (Softmax, LogSoftmax), ``TakeRows`` and ``PutRows`` (the
+cost's ``log(p)[arange(n), y]`` and its gradient), ``SumKeep`` (sums over
+all axes but one), ``ShapeCheck`` (SpecifyShape) and ``RowArgmax``.
 
 ``numba_mode`` is PyTensor's Numba mode with these added, compiled with
 linker.py's ``GraphLinker``; nothing is registered in PyTensor's global
-rewrite database.
+rewrite database.  docs/performance.md has what each one gained, with the
+commands that measure it.
 """
 
 import hashlib
@@ -537,9 +496,7 @@ class FlatElemwise(Elemwise):
 LONG_LOOP = 32
 # Loops worth merging: those that compute one of these per number (tens of
 # instructions, where SIMD gains most).  A loop of additions and products
-# runs at memory speed either way: measured, (10, 40, 4, 4) a + b went from
-# 2.2 to 0.2 us, sigmoid(b) from 20 to 4 us; each merged node costs about
-# 0.2-0.4 s more of a first run's compile.
+# runs at memory speed either way, and each merged node costs compile time.
 _COSTLY = (ps.Exp, ps.Log, ps.Tanh, ps.Pow, ps.Sqrt, ps.Log1p, ps.Expm1,
            ps_math.Sigmoid, ps_math.Softplus)
 
@@ -667,8 +624,7 @@ def _nb_dot22(x, y):
     M, N = x.shape[0], y.shape[1]
     # the result in y's order: BLAS then reads the larger operand (the
     # weights, transposed in the backward pass) in its packing order
-    # (a (10, 1000) by (1000, 1000).T product: 0.47 instead of 0.71 ms,
-    # scripts/bench_products.py)
+    # (scripts/bench_products.py)
     if y.strides[0] == y.itemsize and y.strides[1] != y.itemsize:
         z = np.empty((N, M), dtype=x.dtype).T
     else:
@@ -744,15 +700,9 @@ def _nb_sigmoid(x):
     return nb_sigmoid(x)
 
 
-@inner
-def _nb_sigmoid_any(x):  # FastSigmoid of another type (the rewrite makes
-    return 1 / (1 + np.exp(-x))  # float32 ones only)
-
-
 def _numba_funcify_fast_sigmoid(op, node, **kwargs):
-    if node.inputs[0].type.dtype == "float32":
-        return _nb_sigmoid, _cache_key("sigmoid")
-    return _nb_sigmoid_any, _cache_key(f"sigmoid {node.inputs[0].type.dtype}")
+    # local_fast_sigmoid makes float32 FastSigmoids only
+    return _nb_sigmoid, _cache_key("sigmoid")
 
 
 def _numba_funcify_im2col(op, node, **kwargs):
