@@ -43,8 +43,7 @@ from .layers import (  # noqa: F401
     softmax,
     tanh,
 )
-from .network import Network  # noqa: F401
-from .saving import load  # noqa: F401
+from .network import Network, load  # noqa: F401
 
 #### Constants
 # The book's flag.  Set ``network3.GPU = True`` before building a network to

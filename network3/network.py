@@ -15,6 +15,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
+from . import saving
 from .backend import as_floatX, blas_threads, floatX, function, get_rng, to_device
 from .data import as_array
 from .layers import rng_updates
@@ -321,8 +322,7 @@ class Network:
     def save(self, filename):
         """Save architecture and parameters to ``filename`` (a safe .npz);
         ``network3.load(filename)`` gives the network back."""
-        from .saving import save
-        save(self, filename)
+        saving.save(self, filename)
 
     def _forward_fn(self, batch_size):
         # the layers' inference graph, rebuilt for another batch size
@@ -420,6 +420,17 @@ def minibatch(i, m):
     ``m`` (the JAX backend cannot compile a slice whose bounds are
     symbolic)."""
     return i * m + pt.arange(m)
+
+
+def load(filename, activations=None):
+    """The network saved by ``net.save(filename)``.  ``activations`` maps
+    the names of custom activation functions to the functions themselves.
+    A file that is not a saved network is a ValueError naming it."""
+    with saving.errors_naming(filename):
+        layers, mini_batch_size, arrays = saving.read(filename, activations)
+        net = Network(layers, mini_batch_size)
+        saving.set_parameters(net, arrays, filename)
+    return net
 
 
 class _Diverged(Exception):

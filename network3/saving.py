@@ -1,11 +1,16 @@
-"""saving.py: save a trained network and load it back.
+"""saving.py: the file format of a saved network.
 
 Following ``network2.py``'s precedent (``net.save(filename)``,
 ``network3.load(filename)``), but in a format that cannot run code when
 loaded: one ``.npz`` file holding the weights as plain arrays and the
 architecture as a JSON string, read back with ``allow_pickle=False``.
+
+This module knows layers, not ``Network``: ``Network.save`` calls ``save``
+here, and ``network3.load`` (in network.py, beside ``Network``, where
+network2.py had it) builds the network from what ``read`` returns.
 """
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -67,22 +72,27 @@ def save(net, filename):
     atomic_write(Path(filename), buffer.getvalue())
 
 
-def load(filename, activations=None):
-    """The network saved in ``filename``.  ``activations`` maps the names of
-    custom activation functions to the functions themselves."""
+@contextlib.contextmanager
+def errors_naming(filename):
+    """Any error while loading ``filename`` becomes a ValueError naming it
+    (a damaged file: zip, JSON or layout errors)."""
     try:
-        return _load(filename, dict(ACTIVATIONS, **(activations or {})))
+        yield
     except ValueError as err:
         if str(filename) in str(err):
             raise
         raise ValueError(f"{filename}: {err}") from None
-    except Exception as err:  # a damaged file: zip, JSON or layout errors
+    except Exception as err:
         raise ValueError(f"{filename}: not a valid saved network3 network "
                          f"({type(err).__name__}: {err})") from None
 
 
-def _load(filename, known):
-    from .network import Network
+def read(filename, activations=None):
+    """``(layers, mini_batch_size, arrays)`` from a file that ``save`` wrote:
+    the layers rebuilt (with fresh parameters) and the saved parameters by
+    name.  ``activations`` maps the names of custom activation functions to
+    the functions themselves."""
+    known = dict(ACTIVATIONS, **(activations or {}))
     try:
         with np.load(filename, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -115,7 +125,12 @@ def _load(filename, known):
         if cls is None:
             raise ValueError(f"{filename}: layer {i} has unknown type {kind!r}")
         layers.append(cls(**d))
-    net = Network(layers, spec["mini_batch_size"])
+    return layers, spec["mini_batch_size"], arrays
+
+
+def set_parameters(net, arrays, filename):
+    """Give ``net``'s parameters the saved ``arrays``, after checking that
+    their names, shapes and types are the architecture's."""
     expected = {f"layer{i}_{p.name}": p for i, layer in enumerate(net.layers)
                 for p in layer.params}
     if set(expected) != set(arrays):
@@ -131,7 +146,6 @@ def _load(filename, known):
             raise ValueError(f"{filename}: {key} has dtype {arrays[key].dtype}, "
                              "not a float type")
         param.set_value(as_floatX(arrays[key]))
-    return net
 
 
 def _activation_name(fn):
