@@ -7,6 +7,36 @@ update is plain ``param - eta * grad``; mini-batches are the fixed contiguous
 slices ``[i*m:(i+1)*m]`` of the training data, in order, every epoch; the
 validation accuracy is measured once per epoch and, when it is at least the
 best so far, the test accuracy too.  The printed lines are the book's.
+
+``SGD`` reads as the book's loop; the extras live in small helpers below it
+(``_prepare_data``, ``_start_epoch``, ``_Record``, ``_stopped``).  Beyond
+the book, ``SGD``'s keyword-only extras, all off by default:
+
+* ``eta`` may also be a function of the epoch number (a learning-rate
+  schedule; see ``network3.schedules``); returning ``None`` stops training.
+* ``early_stopping=n``: stop when the validation accuracy has not improved
+  for ``n`` epochs.
+* ``restore_best=True``: end with the parameters of the best validation
+  epoch (always done after an interrupt or divergence).
+* ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
+* ``momentum=mu``: momentum-based gradient descent (chapter 3):
+  ``v = mu * v - eta * grad; param = param + v``.
+* ``monitor_training=True``: also measure the accuracy on the (unaugmented)
+  training data each epoch, for overfitting diagnostics.
+* ``shuffle=True``: a new random order of the training data each epoch (the
+  book keeps one fixed order).
+* ``augment=f``: at the start of each epoch the training images become
+  ``f(images, rng)``, e.g. ``network3.augment.Augment()``'s random
+  translations, rotations, skews and elastic distortions; only one
+  transformed copy is ever in memory.
+
+Each epoch's training cost, accuracies, learning rate and time are kept in
+``net.history``.  Ctrl-C leaves the network with the best epoch's parameters
+and prints the summary, then raises KeyboardInterrupt, which stops the
+calling script as the original did; a NaN or infinite cost (eta too large)
+stops training with a message.  ``eta=0`` evaluates without training.
+``net.save(filename)`` and ``load(filename)`` (``network3.load``) keep a
+network in a file; the format is ``saving.py``'s.
 """
 
 import time
@@ -49,35 +79,88 @@ class Network:
             shuffle=False, augment=None, momentum=0.0, monitor_training=False):
         """Train the network using mini-batch stochastic gradient descent.
 
-        The book's arguments behave and print exactly as in the book.  The
-        keyword-only extras are off by default:
+        The book's arguments behave and print exactly as in the book; the
+        keyword-only extras (off by default), ``net.history``, Ctrl-C and a
+        diverging cost are described in this module's docstring."""
+        training, validation, test = self._prepare_data(
+            training_data, epochs, mini_batch_size, eta, lmbda, validation_data,
+            test_data, momentum, early_stopping, shuffle, augment)
 
-        * ``eta`` may also be a function of the epoch number (a learning-rate
-          schedule; see ``network3.schedules``); returning ``None`` stops
-          training.
-        * ``early_stopping=n``: stop when the validation accuracy has not
-          improved for ``n`` epochs.
-        * ``restore_best=True``: end with the parameters of the best
-          validation epoch (always done after an interrupt or divergence).
-        * ``progress=True``: a tqdm progress bar over each epoch's mini-batches.
-        * ``momentum=mu``: momentum-based gradient descent (chapter 3):
-          ``v = mu * v - eta * grad; param = param + v``.
-        * ``monitor_training=True``: also measure the accuracy on the
-          (unaugmented) training data each epoch, for overfitting diagnostics.
-        * ``shuffle=True``: a new random order of the training data each
-          epoch (the book keeps one fixed order).
-        * ``augment=f``: at the start of each epoch the training images
-          become ``f(images, rng)``, e.g. ``network3.augment.Augment()``'s
-          random translations, rotations, skews and elastic distortions;
-          only one transformed copy is ever in memory.
+        # compute number of mini-batches for training, validation and testing
+        num_training_batches = training.size // self.mini_batch_size
+        num_validation_batches = validation.size // self.mini_batch_size
+        num_test_batches = 0 if test is None else test.size // self.mini_batch_size
 
-        Each epoch's training cost, accuracies, learning rate and time are
-        kept in ``net.history``.  Ctrl-C leaves the network with the best
-        epoch's parameters and prints the summary, then raises
-        KeyboardInterrupt, which stops the calling script as the original
-        did; a NaN or infinite cost (eta too large) stops training with a
-        message.  ``eta=0`` evaluates without training.
-        """
+        # define functions to train a mini-batch, and to compute the accuracy in
+        # validation and test mini-batches (eta is shared: a schedule changes it)
+        self.eta = pytensor.shared(as_floatX(0.0), name="eta")
+        train_mb = self.train_mb_function(training.x, training.y, self.eta, lmbda,
+                                          num_training_batches, momentum)
+        accuracy = self.layers[-1].accuracy(self.y)
+        validate_mb_accuracy = self._mb_function(accuracy, validation)
+        if test is not None:
+            test_mb_accuracy = self._mb_function(accuracy, test)
+            if hasattr(self.layers[-1], "y_out"):  # (a duck-typed layer may lack it)
+                self.test_mb_predictions = self._mb_function(
+                    self.layers[-1].y_out, test, labels=False)
+
+        # Do the actual training
+        best_validation_accuracy, best_iteration, test_accuracy = 0.0, None, None
+        best_params = interrupt = None
+        record = _Record(self, early_stopping, training_data if monitor_training else None)
+        with blas_threads():  # one BLAS thread: a mini-batch's products are small
+            for epoch in range(epochs):
+                snapshot = self._get_params()
+                try:  # Ctrl-C or a NaN cost anywhere in the epoch ends training
+                    if self._start_epoch(epoch, eta, training, record) is None:
+                        break  # the learning-rate schedule ended training
+                    for minibatch_index in _progress(range(num_training_batches), progress, epoch):
+                        iteration = num_training_batches * epoch + minibatch_index
+                        if iteration % 1000 == 0:
+                            print(f"Training mini-batch number {iteration}")
+                        cost_ij = train_mb(minibatch_index)
+                        record.add_cost(cost_ij, iteration)
+                    validation_accuracy = np.mean(
+                        [validate_mb_accuracy(j) for j in range(num_validation_batches)])
+                    print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
+                    if validation_accuracy >= best_validation_accuracy:
+                        print("This is the best validation accuracy to date.")
+                        best_validation_accuracy = validation_accuracy
+                        best_iteration, test_accuracy = iteration, None
+                        best_params = self._get_params()
+                        if test is not None:
+                            test_accuracy = np.mean(
+                                [test_mb_accuracy(j) for j in range(num_test_batches)])
+                            print(f"The corresponding test accuracy is {test_accuracy:.2%}")
+                    record.end_epoch(validation_accuracy, test_accuracy,
+                                     is_best=best_iteration == iteration)
+                except (KeyboardInterrupt, _Diverged) as err:
+                    interrupt = _stopped(err, epoch)
+                    self._set_params(best_params or snapshot)
+                    break
+                if record.stop_early():
+                    break
+        if restore_best and best_params is not None:
+            self._set_params(best_params)
+        print("Finished training network.")
+        print(f"Best validation accuracy of {best_validation_accuracy:.2%} "
+              f"obtained at iteration {best_iteration}")
+        if test_accuracy is not None:
+            print(f"Corresponding test accuracy of {test_accuracy:.2%}")
+        self.best_validation_accuracy = float(best_validation_accuracy)
+        self.best_iteration = best_iteration
+        self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+        if interrupt is not None:
+            raise interrupt  # Ctrl-C stops the caller too, as it stopped the original
+
+    #### SGD's helpers: preparing the data, starting an epoch, evaluation
+    def _prepare_data(self, training_data, epochs, mini_batch_size, eta, lmbda,
+                      validation_data, test_data, momentum, early_stopping,
+                      shuffle, augment):
+        """Check SGD's arguments; return the training, validation and test
+        data as ``_Data`` (test: None without test data).  With ``shuffle``
+        or ``augment``, the training data are a private copy, rewritten at
+        the start of each epoch."""
         _check_output_layer(self.layers)
         m = self.mini_batch_size
         if mini_batch_size != m:
@@ -97,145 +180,35 @@ class Network:
             raise ValueError(
                 "SGD: validation_data is required: the book selects the best "
                 "epoch by validation accuracy")
-        training_x, training_y, n_train = self._data(training_data, "training_data")
-        validation_x, validation_y, n_valid = self._data(
-            validation_data, "validation_data")
-        if test_data is not None:
-            test_x, test_y, n_test = self._data(test_data, "test_data")
-
+        training = _Data(*self._data(training_data, "training_data"))
+        validation = _Data(*self._data(validation_data, "validation_data"))
+        test = None if test_data is None else _Data(*self._data(test_data, "test_data"))
         if shuffle or augment is not None:
-            # a private copy of the training set, rewritten every epoch
-            original_x, original_y = as_array(training_x), as_array(training_y)
-            training_x = pytensor.shared(original_x.copy(), name="training_x")
-            training_y = pytensor.shared(
-                np.asarray(original_y, dtype="int32"), name="training_y")
-            data_rng = np.random.default_rng(get_rng().integers(2**63))
+            training = _RewrittenEachEpoch(training, shuffle, augment)
+        return training, validation, test
 
-        # compute number of mini-batches for training, validation and testing
-        num_training_batches = n_train // m
-        num_validation_batches = n_valid // m
+    def _start_epoch(self, epoch, eta, training, record):
+        """The epoch's learning rate (``eta``, or ``eta(epoch)`` for a
+        schedule; None: the schedule ends training), set in ``self.eta``;
+        the training data shuffled or augmented, if asked."""
+        eta_now = eta(epoch) if callable(eta) else eta
+        if eta_now is None:
+            return None
+        _check_number("eta", eta_now, allow_zero=True)
+        self.eta.set_value(as_floatX(eta_now))
+        record.start_epoch(epoch, eta_now)
+        training.new_epoch()
+        return eta_now
 
-        # define functions to train a mini-batch, and to compute the
-        # accuracy in validation and test mini-batches.  The learning rate is
-        # a shared variable, so a schedule changes it without recompiling.
-        self.eta = pytensor.shared(as_floatX(0.0), name="eta")
-        train_mb = self.train_mb_function(
-            training_x, training_y, self.eta, lmbda, num_training_batches, momentum)
+    def _mb_function(self, output, data, labels=True):
+        """Compile ``f(i)``: ``output`` on mini-batch ``i`` of ``data`` (its
+        images, and its labels when ``labels``)."""
         i = pt.lscalar("i")  # mini-batch index
-        batch = minibatch(i, m)
-        accuracy = self.layers[-1].accuracy(self.y)
-        validate_mb_accuracy = function(
-            [i], accuracy,
-            givens={self.x: validation_x[batch], self.y: validation_y[batch]})
-        if test_data is not None:
-            num_test_batches = n_test // m
-            test_mb_accuracy = function(
-                [i], accuracy,
-                givens={self.x: test_x[batch], self.y: test_y[batch]})
-            if hasattr(self.layers[-1], "y_out"):
-                self.test_mb_predictions = function(
-                    [i], self.layers[-1].y_out, givens={self.x: test_x[batch]})
-
-        # Do the actual training
-        best_validation_accuracy = 0.0
-        best_iteration = None
-        test_accuracy = None
-        best_params, improved_epoch = None, 0
-        self.history = []
-        stop = None  # why training ended early, if it did
-        interrupt = None  # a KeyboardInterrupt, raised again at the end
-        # one BLAS thread while training: the matrices are too small to gain
-        with blas_threads():
-            for epoch in range(epochs):
-                eta_now = eta(epoch) if callable(eta) else eta
-                if eta_now is None:
-                    stop = "the learning-rate schedule ended training"
-                    break
-                _check_number("eta", eta_now, allow_zero=True)
-                self.eta.set_value(as_floatX(eta_now))
-                start, total_cost = time.perf_counter(), 0.0
-                validated = is_best = False
-                if shuffle or augment is not None:
-                    order = data_rng.permutation(n_train) if shuffle else slice(None)
-                    x_epoch = original_x[order]
-                    if augment is not None:
-                        x_epoch = np.asarray(augment(x_epoch, data_rng), dtype=floatX())
-                    training_x.set_value(x_epoch, borrow=True)
-                    training_y.set_value(np.asarray(original_y[order], "int32"), borrow=True)
-                    to_device(training_x, training_y)
-                snapshot = self._get_params()
-                try:  # Ctrl-C or divergence anywhere in the epoch ends training
-                    for minibatch_index in _progress(
-                            range(num_training_batches), progress, epoch):
-                        iteration = num_training_batches * epoch + minibatch_index
-                        if iteration % 1000 == 0:
-                            print(f"Training mini-batch number {iteration}")
-                        cost_ij = float(train_mb(minibatch_index))
-                        if not np.isfinite(cost_ij):
-                            raise _Diverged(cost_ij, iteration)
-                        total_cost += cost_ij
-                    validation_accuracy = np.mean(
-                        [validate_mb_accuracy(j) for j in range(num_validation_batches)])
-                    is_best = validation_accuracy >= best_validation_accuracy
-                    validated = True
-                    if is_best and test_data is not None:
-                        epoch_test_accuracy = np.mean(
-                            [test_mb_accuracy(j) for j in range(num_test_batches)])
-                    training_accuracy = self.accuracy(training_data) \
-                        if monitor_training else None  # on the unaugmented data
-                except KeyboardInterrupt as err:
-                    interrupt = err
-                    stop = (f"Training interrupted in epoch {epoch}; keeping the "
-                            "parameters of the best epoch so far.")
-                    if validated and is_best:  # interrupted in the test evaluation
-                        best_validation_accuracy, best_iteration = \
-                            validation_accuracy, iteration
-                        best_params, test_accuracy = self._get_params(), None
-                except _Diverged as err:
-                    stop = (f"Training stopped: the cost became {err.cost} at "
-                            f"mini-batch {err.iteration} (eta = {eta_now} is "
-                            "probably too large; try a smaller eta).")
-                if stop:
-                    print(stop)
-                    self._set_params(best_params or snapshot)
-                    break
-                print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
-                record = {"epoch": epoch, "eta": float(eta_now),
-                          "training_cost": total_cost / num_training_batches,
-                          "validation_accuracy": float(validation_accuracy),
-                          "test_accuracy": None}
-                if monitor_training:
-                    record["training_accuracy"] = training_accuracy
-                if validation_accuracy > best_validation_accuracy or epoch == 0:
-                    improved_epoch = epoch  # strictly better: early stopping's test
-                if is_best:
-                    print("This is the best validation accuracy to date.")
-                    best_validation_accuracy = validation_accuracy
-                    best_iteration = iteration
-                    best_params = self._get_params()
-                    if test_data is not None:
-                        test_accuracy = epoch_test_accuracy
-                        record["test_accuracy"] = float(test_accuracy)
-                        print(f"The corresponding test accuracy is {test_accuracy:.2%}")
-                record["seconds"] = time.perf_counter() - start
-                self.history.append(record)
-                if early_stopping and epoch - improved_epoch >= early_stopping:
-                    print(f"Early stopping: no improvement in {early_stopping} epochs.")
-                    break
-        if restore_best and best_params is not None:
-            self._set_params(best_params)
-        print("Finished training network.")
-        print(f"Best validation accuracy of {best_validation_accuracy:.2%} "
-              f"obtained at iteration {best_iteration}")
-        if test_data is not None and test_accuracy is not None:
-            print(f"Corresponding test accuracy of {test_accuracy:.2%}")
-        self.best_validation_accuracy = float(best_validation_accuracy)
-        self.best_iteration = best_iteration
-        self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
-        if interrupt is not None:
-            # Ctrl-C stops the caller too (a script's loop over runs), as
-            # it stopped the original's whole script
-            raise interrupt
+        batch = minibatch(i, self.mini_batch_size)
+        givens = {self.x: data.x[batch]}
+        if labels:
+            givens[self.y] = data.y[batch]
+        return function([i], output, givens=givens)
 
     def _get_params(self):
         return [p.get_value() for p in self.params]  # copies
@@ -433,9 +406,106 @@ def load(filename, activations=None):
     return net
 
 
+#### SGD's helpers: the data, the record and the stopping rules
+class _Data:
+    """A data set as SGD uses it: images ``x`` and labels ``y`` (symbolic,
+    usable in ``givens``) and the number of examples, ``size``."""
+
+    def __init__(self, x, y, size):
+        self.x, self.y, self.size = x, y, size
+
+    def new_epoch(self):
+        """The book's data stay as they are, in the same order, every epoch."""
+
+
+class _RewrittenEachEpoch(_Data):
+    """The training data rewritten at the start of each epoch: a new random
+    order (``shuffle``) and/or new random distortions (``augment(images,
+    rng)``) of the caller's data, in a private copy (one at a time)."""
+
+    def __init__(self, data, shuffle, augment):
+        self.images, self.labels = as_array(data.x), as_array(data.y)
+        super().__init__(
+            pytensor.shared(self.images.copy(), name="training_x"),
+            pytensor.shared(np.asarray(self.labels, dtype="int32"), name="training_y"),
+            data.size)
+        self.shuffle, self.augment = shuffle, augment
+        self.rng = np.random.default_rng(get_rng().integers(2**63))
+
+    def new_epoch(self):
+        order = self.rng.permutation(self.size) if self.shuffle else slice(None)
+        images = self.images[order]
+        if self.augment is not None:
+            images = np.asarray(self.augment(images, self.rng), dtype=floatX())
+        self.x.set_value(images, borrow=True)
+        self.y.set_value(np.asarray(self.labels[order], "int32"), borrow=True)
+        to_device(self.x, self.y)
+
+
+class _Record:
+    """What SGD keeps besides the book's best-so-far: each epoch's numbers
+    in ``net.history`` (learning rate, mean training cost, accuracies,
+    seconds), a check of each cost, and the early-stopping rule (no strict
+    improvement of the validation accuracy in ``early_stopping`` epochs).
+    With ``training_data``, also the accuracy on it each epoch."""
+
+    def __init__(self, net, early_stopping, training_data=None):
+        self.net, self.early_stopping = net, early_stopping
+        self.training_data = training_data
+        self.highest, self.improved_epoch = -np.inf, 0
+        net.history = []
+
+    def start_epoch(self, epoch, eta):
+        self.epoch, self.eta = epoch, eta
+        self.start, self.total_cost, self.batches = time.perf_counter(), 0.0, 0
+
+    def add_cost(self, cost, iteration):
+        """Add a mini-batch's cost; a NaN or infinite one stops training."""
+        cost = float(cost)
+        if not np.isfinite(cost):
+            raise _Diverged(cost, iteration, self.eta)
+        self.total_cost += cost
+        self.batches += 1
+
+    def end_epoch(self, validation_accuracy, test_accuracy, is_best):
+        record = {"epoch": self.epoch, "eta": float(self.eta),
+                  "training_cost": self.total_cost / self.batches,
+                  "validation_accuracy": float(validation_accuracy),
+                  "test_accuracy": float(test_accuracy)
+                  if is_best and test_accuracy is not None else None}
+        if self.training_data is not None:  # the caller's data, unaugmented
+            record["training_accuracy"] = self.net.accuracy(self.training_data)
+        if validation_accuracy > self.highest or self.epoch == 0:
+            self.improved_epoch = self.epoch
+        self.highest = max(self.highest, validation_accuracy)
+        record["seconds"] = time.perf_counter() - self.start
+        self.net.history.append(record)
+
+    def stop_early(self):
+        """Whether the early-stopping rule ends training (it says so)."""
+        if self.early_stopping and \
+                self.epoch - self.improved_epoch >= self.early_stopping:
+            print(f"Early stopping: no improvement in {self.early_stopping} epochs.")
+            return True
+        return False
+
+
 class _Diverged(Exception):
-    def __init__(self, cost, iteration):
-        self.cost, self.iteration = cost, iteration
+    def __init__(self, cost, iteration, eta):
+        self.cost, self.iteration, self.eta = cost, iteration, eta
+
+
+def _stopped(err, epoch):
+    """Say why training stopped in ``epoch`` (Ctrl-C or a diverging cost);
+    return the KeyboardInterrupt that SGD raises again at the end."""
+    if isinstance(err, KeyboardInterrupt):
+        print(f"Training interrupted in epoch {epoch}; keeping the parameters "
+              "of the best epoch so far.")
+        return err
+    print(f"Training stopped: the cost became {err.cost} at mini-batch "
+          f"{err.iteration} (eta = {err.eta} is probably too large; try a "
+          "smaller eta).")
+    return None
 
 
 def _progress(batches, show, epoch):
