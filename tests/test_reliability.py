@@ -519,36 +519,76 @@ def data_sets(draw, name):
     return (x, y), problems
 
 
-def _mostly(good, bad, one_in=12):
-    """``good``, but once in ``one_in`` one of the values ``bad``."""
+# SGD's number arguments, case by case: each value with the verdict a user
+# should get (True: accepted).  Written out by hand, independently of
+# network3's checks: whole numbers for counts (a bool is not one, nor 2.0),
+# any real number for rates, never NaN, infinity, a string or None.
+SGD_NUMBER_CASES = {
+    "mini_batch_size": [(M, True), (np.int64(M), True), (1, False), (2, False),
+                        (10, False), (0, False), ("3", False), (3.5, False)],
+    "epochs": [(1, True), (5, True), (np.int64(2), True), (0, False), (-1, False),
+               (1.5, False), (2.0, False), ("2", False), (math.inf, False),
+               (None, False), (True, False)],
+    "eta": [(0, True),  # eta = 0 evaluates without training
+            (0.0, True), (3, True), (np.float32(0.1), True), (1e-12, True),
+            (-0.1, False), (-1, False), (math.nan, False), (math.inf, False),
+            (-math.inf, False), ("0.1", False), (None, False), (True, False)],
+    "lmbda": [(0, True), (0.0, True), (5, True), (np.float64(0.5), True),
+              (-1.0, False), (math.nan, False), (math.inf, False), ("0", False),
+              (None, False), (False, False)],
+}
+
+
+def _mostly(good, name, one_in=12):
+    """(value, valid): ``good`` values (valid), but once in ``one_in`` a case
+    of ``SGD_NUMBER_CASES[name]``, with its verdict."""
     return st.integers(0, one_in - 1).flatmap(
-        lambda k: st.sampled_from(bad) if k == one_in - 1 else good)
+        lambda k: st.sampled_from(SGD_NUMBER_CASES[name]) if k == one_in - 1
+        else good.map(lambda value: (value, True)))
 
 
-def _number_problem(name, value, integer=False, allow_zero=False):
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and \
-        np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    return [] if ok else [Problem(f"bad {name}", [name], [repr(value)])]
+def _number_problem(name, case):
+    value, valid = case
+    return [] if valid else [Problem(f"bad {name}", [name], [repr(value)])]
+
+
+@pytest.mark.parametrize("name, value, valid", [
+    (name, value, valid) for name, cases in SGD_NUMBER_CASES.items()
+    for value, valid in cases])
+def test_sgd_number_arguments_case_by_case(sgd_checks_only, rng, name, value, valid):
+    """Each row of the table, with every other argument valid."""
+    arguments = {"mini_batch_size": M, "epochs": 1, "eta": 0.1, "lmbda": 0.0, name: value}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            sgd_checks_only.SGD(_pairs(rng), arguments["epochs"], arguments["mini_batch_size"],
+                                arguments["eta"], _pairs(rng), None, arguments["lmbda"])
+        except _ChecksPassed:
+            assert valid, f"SGD accepted {name}={value!r}"
+            return
+        except ValueError as err:
+            assert not valid, f"SGD refused {name}={value!r}: {err}"
+            assert name in str(err) and repr(value) in str(err), str(err)
+            return
+    pytest.fail("SGD returned")
 
 
 @settings(PROPERTY, max_examples=SGD_EXAMPLES)
-@given(mini_batch_size=_mostly(st.just(M), [1, 2, 10, 0, "3", 3.5]),
-       epochs=_mostly(st.integers(1, 5), [0, -1, 1.5, "2", math.inf, None]),
-       eta=_mostly(st.floats(0.001, 10), [0, -0.1, math.nan, math.inf, "0.1", None]),
-       lmbda=_mostly(st.floats(0, 5), [-1.0, math.nan, math.inf, "0"]),
+@given(mini_batch_size=_mostly(st.just(M), "mini_batch_size"),
+       epochs=_mostly(st.integers(1, 5), "epochs"),
+       eta=_mostly(st.floats(0.001, 10), "eta"),
+       lmbda=_mostly(st.floats(0, 5), "lmbda"),
        training=data_sets("training_data"), validation=data_sets("validation_data"),
        test=st.one_of(st.none(), data_sets("test_data")))
 def test_sgd_rejects_bad_arguments_before_compiling(
         mini_batch_size, epochs, eta, lmbda, training, validation, test, case_counts):
     counts = case_counts.setdefault("SGD property (call-time checks)", Counter())
     problems = []
-    if mini_batch_size != M:
-        problems.append(Problem("mini_batch_size differs", ["mini_batch_size"],
-                                [repr(mini_batch_size)]))
-    problems += _number_problem("epochs", epochs, integer=True)
-    problems += _number_problem("eta", eta, allow_zero=True)  # 0: evaluate only
-    problems += _number_problem("lmbda", lmbda, allow_zero=True)
+    for name, case in [("mini_batch_size", mini_batch_size), ("epochs", epochs),
+                       ("eta", eta), ("lmbda", lmbda)]:
+        problems += _number_problem(name, case)
+    mini_batch_size, epochs, eta, lmbda = (
+        case[0] for case in (mini_batch_size, epochs, eta, lmbda))
     for data in (training, validation, test):
         problems += data[1] if data else []
     note(f"expected problems: {problems}")
