@@ -38,11 +38,16 @@ def main(argv=None):
                         help="distortions of each digit (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the distortions (default: %(default)s)")
-    parser.add_argument("--translate", type=float, default=defaults.translate)
-    parser.add_argument("--rotate", type=float, default=defaults.rotate)
-    parser.add_argument("--skew", type=float, default=defaults.skew)
-    parser.add_argument("--alpha", type=float, default=defaults.elastic[0])
-    parser.add_argument("--sigma", type=float, default=defaults.elastic[1])
+    parser.add_argument("--translate", type=float, default=defaults.translate,
+                        help="largest shift, pixels (default: %(default)s)")
+    parser.add_argument("--rotate", type=float, default=defaults.rotate,
+                        help="largest rotation, degrees (default: %(default)s)")
+    parser.add_argument("--skew", type=float, default=defaults.skew,
+                        help="largest horizontal shear factor (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=defaults.elastic[0],
+                        help="elastic distortion's alpha; 0: none (default: %(default)s)")
+    parser.add_argument("--sigma", type=float, default=defaults.elastic[1],
+                        help="elastic distortion's sigma (default: %(default)s)")
     parser.add_argument("--time", action="store_true",
                         help="also time one pass over the whole training set")
     args = parser.parse_args(argv)

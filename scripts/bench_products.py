@@ -68,7 +68,13 @@ def conv_functions(B, C, H, W, F, k, per_image):
     return forward, grad_w
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    with threadpool_limits(limits=1, user_api="blas"):
+        measure()
+
+
+def measure():
     rng = np.random.default_rng(0)
     f32 = np.float32
     print(f"# numpy's BLAS for nb_gemm: {kernels._NUMPY_CBLAS or 'not found'}; "
@@ -95,6 +101,4 @@ def main():
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    with threadpool_limits(limits=1, user_api="blas"):
-        main()
+    main()

@@ -225,8 +225,10 @@ def main(argv=None):
                         help="first train dbl_conv and dbl_conv_tanh briefly "
                         "(results in a temporary folder unless --quick-dir)")
     parser.add_argument("--quick-dir", help="keep the quick runs' results here")
-    parser.add_argument("--quick-train-size", type=int, default=5000)
-    parser.add_argument("--quick-epochs", type=int, default=3)
+    parser.add_argument("--quick-train-size", type=int, default=5000,
+                        help="training images of the quick runs (default: %(default)s)")
+    parser.add_argument("--quick-epochs", type=int, default=3,
+                        help="epochs of the quick runs (default: %(default)s)")
     args = parser.parse_args(argv)
 
     data = network3.load_data(args.data)

@@ -22,10 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--train-size", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "overfitting.png"))
+    parser.add_argument("--epochs", type=int, default=100,
+                        help="epochs to train (default: %(default)s)")
+    parser.add_argument("--train-size", type=int, default=1000,
+                        help="training images, the first of the set (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="network3.seed (default: %(default)s)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "overfitting.png"),
+                        help="output PNG (default: %(default)s)")
     args = parser.parse_args(argv)
     training_data, validation_data, test_data = network3.load_data_shared()
     training_data = network3.data.subset(training_data, args.train_size)

@@ -13,6 +13,7 @@ written in a temporary folder, which is the working directory while the
 cases run, so the messages show short relative names.
 """
 
+import argparse
 import contextlib
 import gzip
 import io
@@ -337,7 +338,11 @@ def cell(outcome):
     return "**no error**"
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(
+        description="Run a curated list of bad inputs against network3 and print "
+        "a Markdown table of what the user sees for each (two tiny networks are "
+        "compiled; files are written only in a temporary folder).").parse_args(argv)
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
