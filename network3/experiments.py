@@ -34,7 +34,6 @@ network once on one worker (``warm_up``) before the runs fan out.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -69,6 +68,11 @@ from .layers import (
 )
 from .network import Network
 from .saving import describe
+
+try:
+    import fcntl  # POSIX: results files are appended under an exclusive lock
+except ImportError:  # Windows: one driver per results file
+    fcntl = None
 
 mini_batch_size = 10
 
@@ -418,7 +422,8 @@ def append_record(path, record, force=False):
     line = json.dumps(record) + "\n"
     key, run_id = record_key(record), record.get("run_id")
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        if fcntl:
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             f.seek(0)
             text = f.read()
@@ -436,7 +441,8 @@ def append_record(path, record, force=False):
             f.flush()
             os.fsync(f.fileno())
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if fcntl:
+                fcntl.flock(f, fcntl.LOCK_UN)
     return True
 
 
@@ -675,7 +681,8 @@ def local_cluster(workers, cache_dir=None, env=None):
     """A Dask cluster of ``workers`` worker processes on this machine
     (loopback only, no dashboard), one thread and one BLAS thread each,
     each with compile caches of its own under ``cache_dir``.  ``env``:
-    more environment variables for the workers.  Use as a context manager.
+    more environment variables for the workers (they override those of
+    ``worker_env``).  Use as a context manager.
 
     The worker processes re-import the main script when they start; a
     script that imports network3 at its top level fixes PyTensor's cache
@@ -684,16 +691,17 @@ def local_cluster(workers, cache_dir=None, env=None):
 
     distributed = _import_distributed()
     cache_dir = Path(cache_dir) if cache_dir else worker_cache_dir()
+    # no dashboard; the HTTP endpoints Dask serves anyway (health, metrics)
+    # on loopback, on a free port
+    http = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
     scheduler = {"cls": distributed.Scheduler,
-                 "options": {"host": "127.0.0.1", "port": 0, "protocol": "tcp://",
-                             "dashboard": False, "dashboard_address": None}}
+                 "options": {"host": "127.0.0.1", "port": 0, "protocol": "tcp://", **http}}
     specs = {}
     for i in range(workers):
         folder = cache_dir / f"worker-{i}"
         specs[i] = {"cls": distributed.Nanny,
                     "options": {"host": "127.0.0.1", "protocol": "tcp://", "nthreads": 1,
-                                "dashboard": False, "dashboard_address": None,
-                                "silence_logs": logging.ERROR,
+                                "silence_logs": logging.ERROR, **http,
                                 "env": {**worker_env(folder), **(env or {})}}}
     return distributed.SpecCluster(workers=specs, scheduler=scheduler,
                                    silence_logs=logging.ERROR, name="network3")

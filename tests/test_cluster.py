@@ -3,8 +3,9 @@
 1 epoch): the records are the same as those of the same seeds run in this
 process, a second invocation skips them all, a worker killed in the middle
 of a run costs neither a record nor a duplicate, a 2x2 sweep records each
-combination, and the ensemble's vote from 3 recorded members (trained in
-two invocations) is network3.ensemble's vote of the same predictions.
+combination, a failed run does not stop the other, and the ensemble's vote
+from 3 recorded members (trained in two invocations) is network3.ensemble's
+vote of the same predictions.
 
 Compile caches: the first test lets ``--workers 2`` give each worker its
 own, empty cache folders (PyTensor's and Numba's) under a temporary folder;
@@ -47,13 +48,11 @@ def cluster(tmp_path_factory, mnist_path):
     """2 worker processes sharing one empty compile cache; each run pauses
     PAUSE s after it starts.  The module's Dask tests are bounded: after 5
     minutes the test process dumps its threads' stacks and exits."""
-    from distributed import LocalCluster
     faulthandler.dump_traceback_later(300, exit=True)
     cache = tmp_path_factory.mktemp("shared-cache")
-    env = {"PYTENSOR_FLAGS": f"base_compiledir={cache / 'pytensor'}",
-           "NUMBA_CACHE_DIR": str(cache / "numba"), "NETWORK3_RUN_PAUSE": str(PAUSE)}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None, env=env) as local:
+    shared = dict(experiments.worker_env(cache), NETWORK3_WORKER_CACHE="",
+                  NETWORK3_RUN_PAUSE=str(PAUSE))
+    with experiments.local_cluster(2, env=shared) as local:
         yield local
     faulthandler.cancel_dump_traceback_later()
     # no worker or nanny process is left behind (multiprocessing's resource
@@ -162,7 +161,7 @@ def test_a_2x2_sweep_records_each_combination(cluster, tmp_path, capsys):
 
 
 def test_ensemble_votes_from_records_of_two_invocations(cluster, tmp_path, capsys, mnist):
-    """2 members trained on the cluster, a third in this process (the first
+    """2 members trained in one invocation, a third in another (the first
     two skipped): the vote of the 3 recorded members is network3.ensemble's
     vote of the same predictions, and the results table says 3 voted."""
     out = tmp_path / "ensemble.jsonl"
@@ -170,7 +169,7 @@ def test_ensemble_votes_from_records_of_two_invocations(cluster, tmp_path, capsy
            "--no-save", "--out", str(out)]
     assert conv.main([*cli, "--runs", "2", "--scheduler", cluster.scheduler_address]) == 0
     assert "Ensemble of 2 nets" in capsys.readouterr().out
-    assert conv.main([*cli, "--runs", "3"]) == 0
+    assert conv.main([*cli, "--runs", "3", "--scheduler", cluster.scheduler_address]) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped, already recorded") == 2
 

@@ -195,6 +195,34 @@ def test_append_record_writes_each_run_once(tmp_path):
     assert experiments.recorded_keys(path) == {run.key, run.key.replace("seed=0", "seed=1")}
 
 
+def test_append_record_under_concurrent_writers(tmp_path):
+    """4 threads (each its own open file, as separate drivers would) append
+    25 runs each, and all try to append one same run: 101 whole lines."""
+    import threading
+    path = tmp_path / "r.jsonl"
+    base = dict(experiments.plan(["shallow"], out=path)[0].settings)
+
+    def record(seed, run_id):
+        return {"experiment": "shallow", "seed": seed, "config": {}, "settings": base,
+                "run_id": run_id, "padding": "x" * 20_000}  # a record's size
+
+    written = []
+
+    def writer(t):
+        for i in range(25):
+            experiments.append_record(path, record(1000 * t + i + 1, f"{t}-{i}"))
+        written.append(experiments.append_record(path, record(0, f"same-{t}")))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(written) == [False, False, False, True]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 101 and all(json.loads(line)["padding"] for line in lines)
+
+
 def test_labels_round_trip():
     labels = np.random.default_rng(0).integers(0, 10, 10_000)
     text = experiments.encode_labels(labels)
