@@ -135,6 +135,14 @@ def test_help_prints_and_exits_without_importing_or_writing(tmp_path):
     assert sorted((ROOT / "results").rglob("*")) == before
 
 
+def test_a_clear_message_without_dask(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
+    out = tmp_path / "r.jsonl"
+    assert conv.main(["shallow", "--workers", "2", "--out", str(out)]) == 2
+    assert 'pip install -e ".[cluster]"' in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_names_are_the_experiments():
     assert conv.NAMES == tuple(experiments.EXPERIMENTS)
 
