@@ -572,14 +572,23 @@ def execute(runs, *, workers=None, scheduler=None, force=False, save=True,
             print(f"{run.label()}: skipped, already recorded in {run.out}", file=stream)
     todo = [o for o in outcomes if o.status == "queued"]
     options = dict(force=force, save=save, command=command, root=root)
-    if todo and (workers or scheduler):
-        _execute_dask(todo, workers, scheduler, cache_dir, on_event, stream,
-                      live, options)
-    elif todo:
-        if data is None:  # a missing data file stops the command, not each run
-            for name in {dict(o.run.settings)["data"] for o in todo}:
-                _data_file(name)
-        _execute_here(todo, data, augment, raise_errors, stream, options)
+    try:
+        if todo and (workers or scheduler):
+            _execute_dask(todo, workers, scheduler, cache_dir, on_event, stream,
+                          live, options)
+        elif todo:
+            if data is None:  # a missing data file stops the command, not each run
+                for name in {dict(o.run.settings)["data"] for o in todo}:
+                    _data_file(name)
+            _execute_here(todo, data, augment, raise_errors, stream, options)
+    except KeyboardInterrupt:
+        for outcome in todo:
+            if outcome.status == "queued":
+                outcome.status = "not finished"
+        print_summary(outcomes, time.perf_counter() - started, stream)
+        print("Interrupted: the runs done are recorded, the others left no record; "
+              "the same command again resumes.", file=stream)
+        raise
     if todo or len(outcomes) > 1:
         print_summary(outcomes, time.perf_counter() - started, stream)
     return outcomes

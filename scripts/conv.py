@@ -298,6 +298,8 @@ def main(argv=None):
     except (experiments.MissingDask, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     if any(run.experiment == "ensemble" for run in planned):
         try:
             _vote(planned)

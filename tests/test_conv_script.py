@@ -135,6 +135,25 @@ def test_help_prints_and_exits_without_importing_or_writing(tmp_path):
     assert sorted((ROOT / "results").rglob("*")) == before
 
 
+def test_an_interrupted_command_leaves_no_record_of_the_unfinished_run(
+        tmp_path, monkeypatch, capsys):
+    def fake_train(spec, data=None, augment=None, report=None):
+        if spec["seed"] == 1:
+            raise KeyboardInterrupt  # Ctrl-C during the second run
+        return {"experiment": spec["experiment"], "seed": spec["seed"],
+                "settings": spec["settings"], "config": {}, "run_id": spec["run_id"],
+                "test_accuracy": 0.5, "best_validation_accuracy": 0.5,
+                "wall_seconds": 1.0}, None
+
+    monkeypatch.setattr(experiments, "train", fake_train)
+    out = tmp_path / "r.jsonl"
+    assert conv.main(["shallow", "--runs", "3", "--no-save", "--out", str(out)]) == 130
+    printed = capsys.readouterr().out
+    assert "the same command again resumes" in printed
+    assert printed.count("not finished") == 2
+    assert [r["seed"] for r in experiments.read_records(out)] == [0]
+
+
 def test_a_clear_message_without_dask(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
     out = tmp_path / "r.jsonl"
