@@ -45,9 +45,10 @@ def self_check(mode):
     layer (the vectorised float32 sigmoid), softmax, the book's cost and the
     L2 term: the private machinery every book network goes through (the
     linker and its code libraries, the BLAS binding and Numba intrinsics,
-    the SGD-step rewrites).  No conv layer: its kernels are plain Numba
-    loops and the same BLAS binding, and compiling them would add seconds
-    to every first run (the tests check them against numpy and scipy)."""
+    the SGD-step rewrites, dense.py's kernels).  No conv layer: its kernels
+    are plain Numba loops and the same BLAS binding, and compiling them
+    would add seconds to every first run (the tests check them against
+    numpy and scipy)."""
     import pytensor
     import pytensor.tensor as pt
     from pytensor.compile.mode import Mode
@@ -55,7 +56,9 @@ def self_check(mode):
     rng = np.random.default_rng(0)
     f32 = "float32"
     B = 2
-    shapes = {"w2": (6, 4), "b2": (4,), "w3": (4, 3), "b3": (3,)}
+    # 20 and 16 units: wide enough for dense.py's kernels (LLVM code of
+    # their own), with an input gradient and without
+    shapes = {"w2": (6, 20), "b2": (20,), "w3": (20, 16), "b3": (16,)}
     start = {name: rng.normal(0, 0.5, shape).astype(f32) for name, shape in shapes.items()}
     x_value = rng.random((3 * B, 6)).astype(f32)
     y_value = rng.integers(0, 3, 3 * B).astype("int32")

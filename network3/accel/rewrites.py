@@ -57,7 +57,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 from pytensor.tensor.type_other import NoneTypeT
 
 from ..ops import Conv2d, Conv2dGradInputs, Conv2dGradWeights
-from . import kernels
+from . import dense, kernels
 from .kernels import (
     inner,
     nb_argmax_rows,
@@ -601,7 +601,7 @@ def numba_mode():
     the first time)."""
     register()
     rewrites = get_mode("NUMBA").register(
-        (_REWRITES, 48.5), (_AFTER_FUSION, 49.2)).provided_optimizer
+        (_REWRITES, 48.5), (_AFTER_FUSION, 49.2), *dense.POSITIONS).provided_optimizer
     return Mode(linker=GraphLinker(), optimizer=rewrites)
 
 
@@ -832,6 +832,7 @@ NUMBA_FUNCTIONS = {
     Conv2dFromCols: _numba_funcify_conv2d_from_cols,
     Conv2dGradWeightsFromCols: _numba_funcify_conv2d_grad_weights_from_cols,
     BlasConv2dGradInputs: _numba_funcify_conv2d_grad_inputs,
+    **dense.NUMBA_FUNCTIONS,  # the fully connected layers' Ops (dense.py)
 }
 
 

@@ -1,0 +1,750 @@
+"""accel/dense.py: fully connected layers at a small mini-batch, at memory
+speed.
+
+At the book's mini-batch of 10, a fully connected layer's three products
+each read its whole weight matrix w (K inputs by N outputs) for 10
+multiply-adds per weight: the forward product ``x @ w``, the gradient of the
+layer's input ``delta @ w.T``, and the update ``w - eta * (x.T @ delta)``,
+which also writes w.  OpenBLAS runs them at about 11 GB/s of weights here,
+less than half of what one core reads.  This module does them in two passes
+over w, and skips the products by zero that ReLU and dropout put there:
+
+* ``DenseForward``: ``x @ w``, w read once, row by row, each row i added
+  into the (B, N) result (which stays in cache) times the nonzero numbers of
+  x's column i only (blocks of four rows with mostly nonzero numbers: times
+  all of them, fewer loads and stores of the result);
+* ``DenseUpdate``: the update and the input gradient in one pass.  Each row
+  of w is read once: its old numbers are multiplied into the input gradient
+  (``delta @ w[i]``, from the old weights, as the book's gradient is) and
+  the new row ``beta * w[i] + alpha * (x.T[i] @ delta)``, a sum over the
+  nonzero numbers of x.T[i] only, is written in their place.  The L2 term's
+  ``sum(w**2)``, when the cost has it, is summed on the way.  Where the
+  graph only ever uses the input gradient multiplied by other factors f
+  (the mask of the layer's dropout and the gradient of the ReLU below it),
+  ``masked``: the update computes that product, and the input gradient only
+  where f is nonzero.
+
+A zero skipped is a product that adds nothing, so the numbers are the
+book's, in the weights' dtype, each sum a chain of multiply-adds in an order
+of its own (to rounding); they differ only where a skipped product would
+have been 0 * inf or 0 * NaN (NaN in the plain graph; a network that far
+gone has NaN in its cost already).
+
+The kernels are LLVM code made here (``_dense_update_kernel``,
+``_dense_forward_kernel``): vectors of 64 bytes (16 float32 numbers, 8
+float64; Numba's own loops get 32-byte ones, which LLVM prefers on this
+machine's AVX-512), one copy of the inner loop per count of nonzero numbers
+in a row (so that its accumulators stay in registers), the widths static.
+Measured on the book's double_fc_dropout step (each node alone, fastest of
+200 calls, on the step's own numbers; throwaway script, 2 busy cores):
+
+    ====================================  =========  ====
+    ms                                     OpenBLAS  here
+    ====================================  =========  ====
+    forward, 640 x 1000                        0.21  0.09
+    forward, 1000 x 1000                       0.37  0.14
+    input gradient + update, 640 x 1000        0.35  0.14
+    input gradient + update, 1000 x 1000       0.59  0.19
+    all the step's nodes                       2.70  1.72
+    ====================================  =========  ====
+
+(one read of a 1000 x 1000 float32 matrix, numpy's ``w.sum()``: 0.17 ms;
+this module's update of it with nothing to add, a read and a write in
+place: 0.14 ms).  What is left of the step is mostly its conv layers
+(about 0.9 ms).
+
+The rewrites, after rewrites.py's (which make the update a ``Gemm`` and the
+products ``Dot22``): ``local_dense_update`` replaces an update
+``gemm(w, alpha, x.T, delta, beta)`` of a matrix with at least
+``MIN_COLUMNS`` columns, at a static mini-batch of at most ``MAX_BATCH``,
+together with the product ``dot22(delta, w.T)`` (and its one use, when that
+is a product) and ``sum_of_squares(w)`` where the graph has them;
+``local_inplace_dense_update`` makes it update w in place where PyTensor's
+destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
+``local_dense_forward`` replaces ``dot22(x, w)`` of such shapes (w not a
+transposed view).
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytensor.tensor as pt
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.graph.traversal import ancestors
+from pytensor.scalar import basic as ps
+from pytensor.tensor.blas import Dot22, Gemm, gemm_no_inplace
+from pytensor.tensor.elemwise import DimShuffle, Elemwise
+
+from . import kernels
+from .kernels import inner
+
+# The kernels unroll the mini-batch's rows (one copy of the inner loop per
+# count of nonzero numbers, an accumulator register per row): up to this
+# many rows, beyond which OpenBLAS's blocked products are the better fit
+MAX_BATCH = 16
+# At least one vector of 16 float32 numbers a row (narrower matrices, such as
+# the book's softmax layer's 1000 x 10, stay with OpenBLAS, whose small
+# kernels are faster there).
+MIN_COLUMNS = 16
+# The forward product takes w's rows FORWARD_ROWS at a time, multiplied by
+# all of x's numbers where more than FORWARD_DENSE_ABOVE of x's numbers
+# for them are nonzero, else row by row by the nonzero numbers only
+FORWARD_ROWS = 4
+FORWARD_DENSE_ABOVE = 24
+
+_FLOATS = ("float32", "float64")
+
+
+#### Ops
+class DenseUpdate(Op):
+    """(w, x, delta, alpha, beta[, f]) -> the new w, ``beta * w + alpha * (x @
+    delta)``, then, with ``grad``, the input gradient ``delta @ w.T`` of the
+    old w (``masked``: times f, (B, K), computed only where f is nonzero, 0
+    elsewhere), and with ``sumsq``, ``sum(w**2)`` of the old w.  x is (K,
+    B), delta (B, N), w (K, N); with ``inplace`` the new w is written over w.
+
+    ``masked`` is for an input gradient that the graph only ever uses
+    multiplied by f (a dropout mask, the gradient of a ReLU): where f is 0,
+    its products are not computed.  This differs from f * (delta @ w.T) only
+    where that is 0 * inf or 0 * NaN, which is NaN."""
+
+    __props__ = ("inplace", "grad", "sumsq", "masked")
+
+    def __init__(self, inplace=False, grad=True, sumsq=False, masked=False):
+        self.inplace, self.grad, self.sumsq = bool(inplace), bool(grad), bool(sumsq)
+        self.masked = bool(masked) and self.grad
+        if self.inplace:
+            self.destroy_map = {0: [0]}
+
+    def make_node(self, w, x, delta, alpha, beta, *f):
+        inputs = list(map(pt.as_tensor_variable, (w, x, delta, alpha, beta, *f)))
+        if len(f) != self.masked:
+            raise TypeError("DenseUpdate: f is an input exactly when masked")
+        w, delta = inputs[0], inputs[2]
+        outputs = [w.type()]
+        if self.grad:
+            outputs.append(pt.tensor(dtype=w.dtype,
+                                     shape=(delta.type.shape[0], w.type.shape[0])))
+        if self.sumsq:
+            outputs.append(pt.scalar(dtype=w.dtype))
+        return Apply(self, inputs, outputs)
+
+    def perform(self, node, inputs, outputs):
+        w, x, delta, alpha, beta, *f = inputs
+        results = []
+        if self.grad:
+            g = np.dot(delta, w.T)
+            if self.masked:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    g = np.where(f[0] != 0, f[0] * g, 0)
+            results.append(g.astype(w.dtype))
+        if self.sumsq:
+            results.append(np.asarray(np.vdot(w, w), dtype=w.dtype))
+        new = (beta * w + alpha * np.dot(x, delta)).astype(w.dtype)
+        if self.inplace:
+            w[...] = new
+            new = w
+        for storage, value in zip(outputs, [new] + results):
+            storage[0] = value
+
+    def infer_shape(self, *args):  # PyTensor 3.0: (fgraph, node, shapes); 3.3: (node, shapes)
+        w_shape, _, delta_shape = args[-1][:3]
+        out = [w_shape]
+        if self.grad:
+            out.append((delta_shape[0], w_shape[0]))
+        if self.sumsq:
+            out.append(())
+        return out
+
+
+class DenseForward(Dot22):
+    """PyTensor's ``Dot22`` (x @ w, same values), whose Numba implementation
+    is ``_dense_forward_kernel``: for a few rows of x and w's rows whole."""
+
+
+#### Rewrites
+def _fits(B, K, N, dtype):
+    """Whether a (B, K) by (K, N) product has the static sizes and dtype the
+    kernels are for."""
+    return (dtype in _FLOATS and None not in (B, K, N) and B <= MAX_BATCH
+            and N >= MIN_COLUMNS)
+
+
+def _is_transpose(var):
+    return (var.owner is not None and isinstance(var.owner.op, DimShuffle)
+            and var.owner.op.new_order == (1, 0))
+
+
+def _clients(fgraph, w, delta):
+    """The graph's dot22(delta, w.T) and sum_of_squares(w) nodes (None when
+    it has none)."""
+    from .rewrites import SumOfSquares  # (rewrites.py imports this module)
+    dot = squares = None
+    for client, _ in fgraph.clients[w]:
+        if isinstance(client.op, SumOfSquares):
+            squares = client
+        elif client.outputs and _is_transpose(client.outputs[0]):
+            for user, index in fgraph.clients[client.outputs[0]]:
+                if type(user.op) is Dot22 and index == 1 and user.inputs[0] is delta:
+                    dot = user
+    return dot, squares
+
+
+def _only_use_is_product(fgraph, var):
+    """(the node, the other factors) when var's one use is an element-wise
+    product with factors of var's static shape and dtype, var among them
+    once; else None."""
+    clients = fgraph.clients[var]
+    if len(clients) != 1:
+        return None
+    node = clients[0][0]
+    if not (isinstance(node.op, Elemwise) and isinstance(node.op.scalar_op, ps.Mul)):
+        return None
+    others = [v for v in node.inputs if v is not var]
+    if len(others) != len(node.inputs) - 1 or not others:
+        return None
+    if not all(v.type.shape == var.type.shape and v.type.dtype == var.type.dtype
+               for v in others + node.outputs):
+        return None
+    return node, others
+
+
+@node_rewriter([Gemm])
+def local_dense_update(fgraph, node):
+    """gemm(w, alpha, x, delta, beta), with dot22(delta, w.T) and
+    sum_of_squares(w) where the graph has them  ->  DenseUpdate(w, x,
+    delta, alpha, beta), one pass over w.  For a not in-place gemm (as
+    rewrites.py's ``local_sgd_step_to_gemm`` makes them) of a w with static
+    shape (K, N >= MIN_COLUMNS), x (K, B <= MAX_BATCH).  Where the graph's
+    one use of dot22(delta, w.T) is a product with other factors f (the
+    gradient of a dropout layer's mask and its input's ReLU), DenseUpdate
+    computes that product, masked by f."""
+    if node.op != gemm_no_inplace:
+        return None
+    w, alpha, x, delta, beta = node.inputs
+    if not (w.type.ndim == x.type.ndim == delta.type.ndim == 2
+            and w.type.dtype == x.type.dtype == delta.type.dtype):
+        return None
+    (K, N), B = w.type.shape, x.type.shape[1]
+    if not _fits(B, K, N, w.type.dtype):
+        return None
+    dot, squares = _clients(fgraph, w, delta)
+    # the new node computes them from its own inputs, which must not
+    # depend on them
+    before = set(ancestors([x, delta, alpha, beta]))
+    if dot is not None and dot.outputs[0] in before:
+        dot = None
+    if squares is not None and squares.outputs[0] in before:
+        squares = None
+    grad = dot.outputs[0] if dot is not None else None
+    product = _only_use_is_product(fgraph, grad) if grad is not None else None
+    factors = []
+    if product is not None:
+        f = product[1][0] if len(product[1]) == 1 else pt.mul(*product[1])
+        if not set(ancestors([f])) & {grad, product[0].outputs[0], node.outputs[0]}:
+            grad, factors = product[0].outputs[0], [f]
+    op = DenseUpdate(grad=dot is not None, sumsq=squares is not None, masked=bool(factors))
+    outputs = op(w, x, delta, alpha, beta, *factors, return_list=True)
+    replaced = {node.outputs[0]: outputs.pop(0)}
+    if dot is not None:
+        replaced[grad] = outputs.pop(0)
+    if squares is not None:
+        replaced[squares.outputs[0]] = outputs.pop(0)
+    return replaced
+
+
+@node_rewriter([DenseUpdate])
+def local_inplace_dense_update(fgraph, node):
+    """DenseUpdate  ->  DenseUpdate(inplace=True), where PyTensor's destroy
+    handler allows it"""
+    if node.op.inplace:
+        return None
+    op = DenseUpdate(inplace=True, grad=node.op.grad, sumsq=node.op.sumsq,
+                     masked=node.op.masked)
+    return op(*node.inputs, return_list=True)
+
+
+@node_rewriter([Dot22])
+def local_dense_forward(fgraph, node):
+    """dot22(x, w) with x (B <= MAX_BATCH, K) and w (K, N >= MIN_COLUMNS),
+    static shapes, w not a transposed view  ->  DenseForward(x, w)"""
+    if type(node.op) is not Dot22:
+        return None
+    x, w = node.inputs
+    (B, K), N = x.type.shape, w.type.shape[1]
+    if _is_transpose(w) or not _fits(B, K, N, node.outputs[0].type.dtype):
+        return None
+    return [DenseForward()(x, w)]
+
+
+# After rewrites.py's rewrites (48.5), which make the gemm and the Dot22
+# nodes, and before fusion (49); the update first, so that the forward
+# rewrite never sees the input gradient's product.
+FUSE = dfs_rewriter(local_dense_update, name="network3_dense_update")
+FORWARD = dfs_rewriter(local_dense_forward, name="network3_dense_forward")
+# After PyTensor's destroy handler is added (49.5), as its InplaceBlasOpt (50.2)
+INPLACE = dfs_rewriter(local_inplace_dense_update, name="network3_dense_inplace")
+POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (INPLACE, 50.3))
+
+
+#### The kernels, as LLVM code
+# Vectors of 64 bytes: an AVX-512 register.  Function code that uses them
+# gets 512-bit registers from LLVM's X86 backend whatever width its loop
+# vectoriser prefers (Numba sets no "min-legal-vector-width").
+VECTOR_BYTES = 64
+
+
+class _Code:
+    """LLVM code of one of the kernels: vectors of ``width`` numbers of
+    type ``t`` (width 1: plain numbers), loads and stores at ``base[offset]``."""
+
+    def __init__(self, builder, t, itemsize):
+        self.b, self.t, self.itemsize = builder, t, itemsize
+        self.intp = ir.IntType(64)
+
+    def int(self, value):
+        return ir.Constant(self.intp, value)
+
+    def vtype(self, width):
+        return self.t if width == 1 else ir.VectorType(self.t, width)
+
+    def zero(self, width):
+        return ir.Constant(self.vtype(width), None)
+
+    def splat(self, value, width):
+        if width == 1:
+            return value
+        vt = self.vtype(width)
+        one = self.b.insert_element(ir.Constant(vt, ir.Undefined), value,
+                                    ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                     ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                 [0] * width))
+
+    def pointer(self, base, offset, width):
+        ptr = self.b.gep(base, [offset])
+        return ptr if width == 1 else self.b.bitcast(ptr, self.vtype(width).as_pointer())
+
+    def load(self, base, offset, width):
+        return self.b.load(self.pointer(base, offset, width), align=self.itemsize,
+                           typ=self.vtype(width))
+
+    def index(self, base, offset):
+        """The int64 at base[offset]."""
+        return self.b.load(self.b.gep(base, [offset]), align=8, typ=self.intp)
+
+    def store(self, value, base, offset, width):
+        self.b.store(value, self.pointer(base, offset, width), align=self.itemsize)
+
+    def fma(self, a, b, c):
+        """a * b + c, rounded once (LLVM's fma, of numbers or vectors)."""
+        ty = a.type
+        bits = "f32" if self.itemsize == 4 else "f64"
+        name = (f"llvm.fma.v{ty.count}{bits}" if isinstance(ty, ir.VectorType)
+                else f"llvm.fma.{bits}")
+        fn = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(ty, [ty] * 3), name)
+        return self.b.call(fn, [a, b, c])
+
+    def hsum(self, v, width):
+        """The sum of a vector's numbers, halves added pairwise."""
+        while width > 1:
+            half = width // 2
+            vt = self.vtype(width)
+            lo, hi = (self.b.shuffle_vector(
+                v, ir.Constant(vt, ir.Undefined),
+                ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(k, k + half))))
+                for k in (0, half))
+            v, width = self.b.fadd(lo, hi), half
+        return self.b.extract_element(v, ir.Constant(ir.IntType(32), 0)) \
+            if isinstance(v.type, ir.VectorType) else v
+
+    def var(self, width):
+        """A local variable (promoted to a register by LLVM)."""
+        return cgutils.alloca_once(self.b, self.vtype(width))
+
+
+def _array(context, builder, ty, value):
+    """(data pointer, rows, columns) of a C-contiguous 2-d array, or (data
+    pointer, length) of a 1-d one."""
+    ary = context.make_array(ty)(context, builder, value)
+    return (ary.data, *cgutils.unpack_tuple(builder, ary.shape, ty.ndim))
+
+
+def _widths(n_columns, width):
+    """The vector widths that a row of ``n_columns`` numbers is read in:
+    ``width`` for as many whole vectors as fit, then the rest in vectors of
+    powers of 2 (8, 4, 2, 1 numbers)."""
+    rest = [w for w in (8, 4, 2, 1) if w < width and n_columns % width & w]
+    return ([width] if n_columns >= width else []) + rest
+
+
+def _column_loops(code, n_columns, width, body):
+    """body(j, w) for the ``n_columns`` columns (a constant) of a row: a loop
+    over vectors of ``width`` numbers at j, then the rest, one vector of
+    each smaller width in ``_widths``."""
+    b = code.b
+    n_vectors = n_columns // width
+    if n_vectors:
+        with cgutils.for_range(b, code.int(n_vectors)) as loop:
+            body(b.mul(loop.index, code.int(width)), width)
+    j = n_vectors * width
+    for w in _widths(n_columns, width):
+        if w < width:
+            body(code.int(j), w)
+            j += w
+
+
+def _switch(code, count, cases, body):
+    """body(c) for the value c (0 .. cases) of the integer ``count``: one
+    copy of the code per value, so that each is unrolled."""
+    b = code.b
+    done = b.append_basic_block("switch.done")
+    default = b.append_basic_block("switch.default")
+    switch = b.switch(count, default)
+    for c in range(cases + 1):
+        block = b.append_basic_block(f"switch.{c}")
+        switch.add_case(ir.Constant(count.type, c), block)
+        b.position_at_end(block)
+        body(c)
+        b.branch(done)
+    b.position_at_end(default)  # (counts are at most ``cases``)
+    b.unreachable()
+    b.position_at_end(done)
+
+
+_KERNELS = {}
+
+
+def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
+    """An intrinsic ``kernel(w, count, rows, values, factors, delta, g, ss,
+    alpha, beta)`` for w (K, N), N = ``n_cols`` (a constant: the rows of
+    delta at fixed offsets), delta (B, N), and x (K, B) given by its nonzero
+    numbers (``_nonzeros``: row i's ``count[i]`` of them first in
+    ``values[i]``, their columns in ``rows[i]``).  In place,
+
+        w <- beta * w + alpha * (x @ delta),
+
+    each row's product a sum over the row's listed numbers (a zero adds
+    nothing), one pass over w; with ``sumsq``, ss[0] (float64) <- sum(w**2)
+    of the old w; with ``grad``, the input gradient from the old w:
+
+    * not ``masked``: g (B, K) <- delta @ w.T;
+    * ``masked``: g[b, i] <- f[b, i] * (delta @ w.T)[b, i] where f[b, i] is
+      nonzero, g (zeros) left alone elsewhere; the lists then hold the
+      numbers of x where x or f is nonzero, and ``factors[i, m]`` the f
+      of ``rows[i, m]``."""
+    key = ("update", B, grad, sumsq, masked, n_cols)
+    if key in _KERNELS:
+        return _KERNELS[key]
+
+    @intrinsic
+    def kernel(typingctx, w, count, rows, values, factors, delta, g, ss, alpha, beta):
+        sig = types.void(w, count, rows, values, factors, delta, g, ss, alpha, beta)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            dtype = tys[0].dtype
+            code = _Code(builder, context.get_value_type(dtype), dtype.bitwidth // 8)
+            width = VECTOR_BYTES // code.itemsize
+            w_ptr, K, _ = _array(context, builder, tys[0], args[0])
+            N = code.int(n_cols)
+            count_ptr, rows_ptr, values_ptr, factors_ptr, d_ptr, g_ptr, ss_ptr = (
+                _array(context, builder, tys[k], args[k])[0] for k in range(1, 8))
+            a = context.cast(builder, args[8], tys[8], dtype)
+            be = context.cast(builder, args[9], tys[9], dtype)
+            total = cgutils.alloca_once_value(builder, ir.Constant(ir.DoubleType(), 0.0))
+            # accumulators, per width (vectors, then one number at a time):
+            # the input gradient's (per row of delta, or per listed number
+            # when ``masked``), the sum of squares
+            widths = _widths(n_cols, width)
+            acc = {k: [code.var(k) for _ in range(B)] for k in widths}
+            sq = {k: code.var(k) for k in widths}
+            splat_a = {k: code.splat(a, k) for k in widths}
+            splat_b = {k: code.splat(be, k) for k in widths}
+
+            def accumulate(k, p, d, old):
+                builder.store(code.fma(d, old, builder.load(acc[k][p])), acc[k][p])
+
+            def sum_of(variables):
+                """The sum of the numbers of a variable per width."""
+                total = None
+                for k in widths:
+                    part = code.hsum(builder.load(variables[k]), k)
+                    total = part if total is None else builder.fadd(total, part)
+                return total
+
+            def row(i):
+                at = builder.mul(i, N)
+                first = builder.mul(i, code.int(B))
+                for k in widths:
+                    for v in acc[k] if grad else []:
+                        builder.store(code.zero(k), v)
+                    if sumsq:
+                        builder.store(code.zero(k), sq[k])
+
+                def listed(c):
+                    # the row's c listed numbers of x, and the rows of delta
+                    # they multiply
+                    s = [code.load(values_ptr, builder.add(first, code.int(m)), 1)
+                         for m in range(c)]
+                    b_of = [code.index(rows_ptr, builder.add(first, code.int(m)))
+                            for m in range(c)]
+                    d_at = [builder.mul(b, N) for b in b_of]
+                    splats = {k: [code.splat(v, k) for v in s] for k in widths}
+
+                    def columns(j, k):
+                        old = code.load(w_ptr, builder.add(at, j), k)
+                        if grad and not masked:
+                            for b in range(B):
+                                accumulate(k, b, code.load(
+                                    d_ptr, builder.add(code.int(b * n_cols), j), k), old)
+                        if sumsq:
+                            builder.store(code.fma(old, old, builder.load(sq[k])), sq[k])
+                        u = None
+                        for m in range(c):
+                            d = code.load(d_ptr, builder.add(d_at[m], j), k)
+                            if grad and masked:
+                                accumulate(k, m, d, old)
+                            u = (builder.fmul(splats[k][m], d) if u is None
+                                 else code.fma(splats[k][m], d, u))
+                        new = (builder.fmul(splat_b[k], old) if u is None
+                               else code.fma(splat_b[k], old, builder.fmul(splat_a[k], u)))
+                        code.store(new, w_ptr, builder.add(at, j), k)
+
+                    _column_loops(code, n_cols, width, columns)
+                    for m in range(c if grad and masked else 0):
+                        f = code.load(factors_ptr, builder.add(first, code.int(m)), 1)
+                        code.store(builder.fmul(f, sum_of({k: acc[k][m] for k in widths})), g_ptr,
+                                   builder.add(builder.mul(b_of[m], K), i), 1)
+
+                _switch(code, code.index(count_ptr, i), B, listed)
+                for b in range(B if grad and not masked else 0):
+                    code.store(sum_of({k: acc[k][b] for k in widths}), g_ptr,
+                               builder.add(builder.mul(code.int(b), K), i), 1)
+                if sumsq:
+                    value = sum_of(sq)
+                    if value.type != ir.DoubleType():
+                        value = builder.fpext(value, ir.DoubleType())
+                    builder.store(builder.fadd(builder.load(total), value), total)
+
+            with cgutils.for_range(builder, K) as loop:
+                row(loop.index)
+            if sumsq:
+                builder.store(builder.load(total), ss_ptr)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    _KERNELS[key] = kernel
+    return kernel
+
+
+def _dense_forward_kernel(B, rows_at_once, dense_above, n_cols):
+    """An intrinsic ``kernel(x, count, rows, values, w, y)``: y (B, N) += x
+    (B, K) @ w (K, N), all C-contiguous, w read once, x also given by its
+    nonzero numbers (count, rows, values: those of x.T, as
+    ``_dense_update_kernel``'s).  Blocks of ``rows_at_once`` rows of w with
+    more than ``dense_above`` nonzero numbers of x are multiplied by all of
+    x's (fewer loads and stores of y), the others row by row, by the
+    nonzero numbers only."""
+    key = ("forward", B, rows_at_once, dense_above, n_cols)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    R = rows_at_once
+
+    @intrinsic
+    def kernel(typingctx, x, count, rows, values, w, y):
+        sig = types.void(x, count, rows, values, w, y)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            dtype = tys[4].dtype
+            code = _Code(builder, context.get_value_type(dtype), dtype.bitwidth // 8)
+            width = VECTOR_BYTES // code.itemsize
+            x_ptr, count_ptr, rows_ptr, values_ptr = (
+                _array(context, builder, tys[k], args[k])[0] for k in range(4))
+            w_ptr, K, _ = _array(context, builder, tys[4], args[4])
+            N = code.int(n_cols)
+            y_ptr = _array(context, builder, tys[5], args[5])[0]
+
+            def dense_block(i0):
+                at = [builder.mul(builder.add(i0, code.int(r)), N) for r in range(R)]
+                xv = [[code.load(x_ptr, builder.add(builder.mul(code.int(b), K),
+                                                    builder.add(i0, code.int(r))), 1)
+                       for r in range(R)] for b in range(B)]
+                splats = {k: [[code.splat(v, k) for v in xb] for xb in xv]
+                          for k in _widths(n_cols, width)}
+
+                def columns(j, k):
+                    wv = [code.load(w_ptr, builder.add(at[r], j), k) for r in range(R)]
+                    for b in range(B):
+                        y_at = builder.add(builder.mul(code.int(b), N), j)
+                        total = code.load(y_ptr, y_at, k)
+                        for r in range(R):
+                            total = code.fma(splats[k][b][r], wv[r], total)
+                        code.store(total, y_ptr, y_at, k)
+
+                _column_loops(code, n_cols, width, columns)
+
+            def sparse_row(i):
+                at = builder.mul(i, N)
+
+                def nonzeros(c):
+                    first = builder.mul(i, code.int(B))
+                    s = [code.load(values_ptr, builder.add(first, code.int(m)), 1)
+                         for m in range(c)]
+                    y_at = [builder.mul(code.index(rows_ptr, builder.add(first, code.int(m))),
+                                        N) for m in range(c)]
+                    splats = {k: [code.splat(v, k) for v in s] for k in _widths(n_cols, width)}
+
+                    def columns(j, k):
+                        wv = code.load(w_ptr, builder.add(at, j), k)
+                        for m in range(c):
+                            where = builder.add(y_at[m], j)
+                            code.store(code.fma(splats[k][m], wv, code.load(y_ptr, where, k)),
+                                       y_ptr, where, k)
+
+                    if c:
+                        _column_loops(code, n_cols, width, columns)
+
+                _switch(code, code.index(count_ptr, i), B, nonzeros)
+
+            n_blocks = builder.sdiv(K, code.int(R))
+            with cgutils.for_range(builder, n_blocks) as loop:
+                i0 = builder.mul(loop.index, code.int(R))
+                n = code.index(count_ptr, i0)
+                for r in range(1, R):
+                    n = builder.add(n, code.index(count_ptr, builder.add(i0, code.int(r))))
+                with builder.if_else(builder.icmp_signed(">", n, code.int(dense_above))) \
+                        as (dense, sparse):
+                    with dense:
+                        dense_block(i0)
+                    with sparse:
+                        with cgutils.for_range(builder, code.int(R)) as rr:
+                            sparse_row(builder.add(i0, rr.index))
+            with cgutils.for_range_slice(builder, builder.mul(n_blocks, code.int(R)), K,
+                                         code.int(1)) as (i, _):
+                sparse_row(i)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    _KERNELS[key] = kernel
+    return kernel
+
+
+@kernels.inline
+def _nonzeros(x, B, K):
+    """x (K, B) by its nonzero numbers (NaN included): per row i, their
+    count, and their columns and values, first in the row's slots (zeros
+    after them)."""
+    count = np.empty(K, np.int64)
+    rows = np.zeros((K, B), np.int64)
+    values = np.zeros((K, B), x.dtype)
+    for i in range(K):
+        c = 0
+        for b in range(B):  # no branch: written always, kept if nonzero
+            v = x[i, b]
+            rows[i, c] = b
+            values[i, c] = v
+            c += v != 0
+        count[i] = c
+    return count, rows, values
+
+
+@kernels.inline
+def _nonzeros_or(x, f, B, K):
+    """As ``_nonzeros``, the numbers of x (K, B) where x or f (B, K) is
+    nonzero, and f's numbers there."""
+    count = np.empty(K, np.int64)
+    rows = np.zeros((K, B), np.int64)
+    values = np.zeros((K, B), x.dtype)
+    factors = np.zeros((K, B), x.dtype)
+    for i in range(K):
+        c = 0
+        for b in range(B):
+            v, fv = x[i, b], f[b, i]
+            rows[i, c] = b
+            values[i, c] = v
+            factors[i, c] = fv
+            c += (v != 0) | (fv != 0)
+        count[i] = c
+    return count, rows, values, factors
+
+
+#### Numba implementations of the Ops
+def _cache_key(name):
+    return hashlib.sha256(f"network3 dense {name} {_SOURCE}".encode()).hexdigest()
+
+
+def _numba_funcify_dense_update(op, node, **kwargs):
+    from pytensor.link.numba.cache import compile_numba_function_src
+    B = node.inputs[1].type.shape[1]
+    N = node.inputs[0].type.shape[1]
+    inplace, masked = op.inplace, op.masked
+    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N)
+
+    @kernels.inline
+    def update(w, x, delta, alpha, beta, f):
+        if inplace:
+            out = w
+        else:
+            out = np.copy(w)
+        wc = np.ascontiguousarray(out)  # out itself, when it is (always, here)
+        K = wc.shape[0]
+        if masked:
+            count, rows, values, factors = _nonzeros_or(x, f, B, K)
+            g = np.zeros((B, K), wc.dtype)
+        else:
+            count, rows, values = _nonzeros(x, B, K)
+            factors = values
+            g = np.empty((B, K), wc.dtype)
+        ss = np.zeros(1, np.float64)
+        kernel(wc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
+               alpha[()], beta[()])
+        if wc.ctypes.data != out.ctypes.data:
+            for i in range(K):
+                for j in range(N):
+                    out[i, j] = wc[i, j]
+        return out, g, np.asarray(wc.dtype.type(ss[0]))
+
+    # the node's function: its inputs, its outputs
+    args = "w, x, delta, alpha, beta" + (", f" if masked else "")
+    outputs = ["out"] + ["g"] * op.grad + ["ss"] * op.sumsq
+    source = (f"def dense_update({args}):\n"
+              f"    out, g, ss = update(w, x, delta, alpha, beta, {'f' if masked else 'x'})\n"
+              f"    return {', '.join(outputs) if len(outputs) > 1 else 'out'}\n")
+    fn = compile_numba_function_src(source, "dense_update", global_env={"update": update})
+    return inner(fn), _cache_key(
+        f"update {B} {N} {inplace} {op.grad} {op.sumsq} {masked}")
+
+
+def _numba_funcify_dense_forward(op, node, **kwargs):
+    B, N = node.inputs[0].type.shape[0], node.inputs[1].type.shape[1]
+    kernel = _dense_forward_kernel(B, FORWARD_ROWS, FORWARD_DENSE_ABOVE, N)
+
+    @inner
+    def dense_forward(x, w):
+        wc = np.ascontiguousarray(w)
+        xc = np.ascontiguousarray(x)
+        count, rows, values = _nonzeros(xc.T, B, xc.shape[1])
+        y = np.zeros((B, wc.shape[1]), wc.dtype)
+        kernel(xc, count, rows, values, wc, y)
+        return y
+    return dense_forward, _cache_key(
+        f"forward {B} {N} {FORWARD_ROWS} {FORWARD_DENSE_ABOVE}")
+
+
+NUMBA_FUNCTIONS = {
+    DenseUpdate: _numba_funcify_dense_update,
+    DenseForward: _numba_funcify_dense_forward,
+}
+
+# the cache keys: this file and kernels.py
+_SOURCE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest() + kernels._SOURCE

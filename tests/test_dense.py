@@ -1,0 +1,232 @@
+"""network3/accel/dense.py: the fully connected layers' kernels and rewrites.
+
+* ``DenseUpdate`` and ``DenseForward`` compiled in Numba against numpy, in
+  float32 and float64: mini-batches of 1 to 16 rows, widths that are not
+  multiples of a vector (and narrower than one), inputs with zeros (which
+  the kernels skip), whole rows of zeros and of nonzeros, beta = 1 (lmbda
+  0) and < 1 (the L2 term), every output (the input gradient, masked or
+  not, the sum of squares), w updated in place;
+* the rewrites on the book's double_fc_dropout graph, at the book's sizes,
+  rewritten and run on PyTensor's Python linker (no Numba compilation):
+  each 1000-column weight matrix's update, input gradient and forward
+  product become the new Ops, in place, the input gradient masked; the
+  softmax layer's 10 columns stay with BLAS; and two SGD steps give the
+  numbers of the same graph without dense.py's rewrites (lmbda 0, the
+  book's);
+* a small network of the same kind (ReLU, dropout 0.5, mini-batch 10)
+  trained in Numba with and without dense.py's rewrites, lmbda 0 and 0.1
+  (the L2 term's sum of squares summed in the update's pass): the same
+  costs and weights to float32 rounding;
+* where w is no shared variable the update is not in place (w unchanged);
+  where the input gradient has another use it is not masked.
+"""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.compile.mode import Mode
+from pytensor.tensor.blas import Dot22, Gemm
+
+import network3
+from network3 import backend
+from network3.accel import dense, rewrites
+
+rng = np.random.default_rng(0)
+
+
+def _sparse(shape, dtype, density=0.3):
+    """Random numbers, about ``density`` of them nonzero, with one row of
+    zeros and one of nonzeros."""
+    x = rng.standard_normal(shape) * (rng.random(shape) < density)
+    x[0] = 0
+    x[-1] = rng.standard_normal(shape[1])
+    return x.astype(dtype)
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+
+
+# (dtype, B, K, N, grad, sumsq, masked, beta)
+UPDATES = [
+    ("float32", 10, 37, 53, True, False, False, 1.0),
+    ("float32", 10, 64, 40, True, True, True, 0.99),
+    ("float32", 3, 20, 17, False, True, False, 0.99),
+    ("float32", 16, 5, 100, True, False, True, 1.0),
+    ("float32", 1, 9, 16, False, False, False, 1.0),
+    ("float64", 10, 37, 53, True, True, True, 0.99),
+    ("float64", 7, 30, 11, True, False, False, 1.0),
+    ("float64", 2, 6, 5, False, True, False, 0.9),
+]
+# (dtype, B, K, N, density of x): dense rows of four (density 1), sparse
+# rows, both
+FORWARDS = [
+    ("float32", 10, 37, 53, 0.3),
+    ("float32", 10, 64, 40, 1.0),
+    ("float32", 16, 9, 17, 0.7),
+    ("float64", 3, 30, 11, 0.5),
+    ("float64", 10, 6, 7, 1.0),
+]
+
+
+def test_kernels_match_numpy():
+    """All cases in one compiled function (one Numba compilation)."""
+    updates, outputs, checks = [], [], []
+    for dtype, B, K, N, grad, sumsq, masked, beta in UPDATES:
+        w0 = rng.standard_normal((K, N)).astype(dtype)
+        x0 = _sparse((K, B), dtype)
+        d0 = rng.standard_normal((B, N)).astype(dtype)
+        f0 = (rng.random((B, K)) < 0.5) * rng.standard_normal((B, K)).astype(dtype)
+        w = pytensor.shared(w0.copy(), shape=(K, N))
+        x, d, f = (pytensor.shared(v.astype(dtype), shape=v.shape) for v in (x0, d0, f0))
+        alpha, b = pt.constant(np.asarray(-0.03, dtype)), pt.constant(np.asarray(beta, dtype))
+        op = dense.DenseUpdate(grad=grad, sumsq=sumsq, masked=masked)
+        new_w, *rest = op(w, x, d, alpha, b, *[f] * masked, return_list=True)
+        updates.append((w, new_w))
+        w64, x64, d64 = (v.astype(float) for v in (w0, x0, d0))
+        expected = []
+        if grad:
+            g = d64 @ w64.T
+            expected.append(np.where(f0 != 0, f0 * g, 0) if masked else g)
+        if sumsq:
+            expected.append((w64 ** 2).sum())
+        outputs += rest
+        checks.append((w, beta * w64 - 0.03 * (x64 @ d64), expected, dtype))
+    forward_checks = []
+    for dtype, B, K, N, density in FORWARDS:
+        x0 = _sparse((B, K), dtype, density)
+        w0 = rng.standard_normal((K, N)).astype(dtype)
+        x, w = (pytensor.shared(v, shape=v.shape) for v in (x0, w0))
+        outputs.append(dense.DenseForward()(x, w))
+        forward_checks.append((x0.astype(float) @ w0, dtype))
+    fn = pytensor.function([], outputs, updates=updates,
+                           mode=rewrites.numba_mode())
+    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+    assert sum(isinstance(op, dense.DenseUpdate) and op.inplace for op in ops) == len(UPDATES)
+    results = iter(fn())
+    for w, new_w, expected, dtype in checks:
+        np.testing.assert_allclose(w.get_value(), new_w, **_tolerance(dtype))
+        for value in expected:
+            np.testing.assert_allclose(next(results), value, **_tolerance(dtype))
+    for expected, dtype in forward_checks:
+        np.testing.assert_allclose(next(results), expected, **_tolerance(dtype))
+
+
+def _double_fc_dropout(mini_batch, sizes, conv):
+    from network3 import ConvPoolLayer, FullyConnectedLayer, ReLU, SoftmaxLayer
+    layers = [ConvPoolLayer((20, 1, 5, 5), (mini_batch, 1, 28, 28), activation_fn=ReLU),
+              ConvPoolLayer((40, 20, 5, 5), (mini_batch, 20, 12, 12), activation_fn=ReLU)] \
+        if conv else []
+    n_in, hidden, classes = sizes
+    layers += [FullyConnectedLayer(n_in, hidden, ReLU, 0.5),
+               FullyConnectedLayer(hidden, hidden, ReLU, 0.5),
+               SoftmaxLayer(hidden, classes, 0.5)]
+    return network3.Network(layers, mini_batch)
+
+
+def _train(mode, lmbda, steps, sizes=(640, 1000, 10), conv=True, n_in=784, seed=7):
+    """The step of a double_fc_dropout-like network compiled in ``mode``,
+    ``steps`` times: (costs, weights, the compiled graph's Ops)."""
+    network3.seed(seed)
+    net = _double_fc_dropout(10, sizes, conv)
+    data = np.random.default_rng(seed)
+    x = pytensor.shared(data.random((10 * steps, n_in)).astype("float32"))
+    y = pytensor.shared(data.integers(0, sizes[2], 10 * steps).astype("int32"))
+    saved = dict(backend._accelerator)
+    backend._accelerator["mode"] = mode
+    try:
+        step = net.train_mb_function(x, y, 0.03, lmbda, 1000)
+    finally:
+        backend._accelerator.clear()
+        backend._accelerator.update(saved)
+    costs = [float(step(i)) for i in range(steps)]
+    ops = [node.op for node in step.maker.fgraph.apply_nodes]
+    return costs, [layer.w.get_value() for layer in net.layers], ops
+
+
+def _mode(linker, with_dense, monkeypatch):
+    """The accelerator's rewrites (with dense.py's or without) and
+    ``linker``; on the Python linker without the rewrite that wraps random
+    variables for Numba (whose ``perform`` then compiles a graph of its own,
+    and refuses one that works in place)."""
+    with monkeypatch.context() as patch:
+        if not with_dense:
+            patch.setattr(dense, "POSITIONS", ())
+        mode = rewrites.numba_mode()
+    if linker == "py":
+        mode = mode.excluding("introduce_explicit_core_shape_rv")
+    return Mode(linker=linker, optimizer=mode.provided_optimizer)
+
+
+@pytest.fixture
+def numba_backend():
+    network3.set_backend("numba")
+
+
+def test_the_books_graph_is_rewritten_and_computes_the_same(monkeypatch, numba_backend):
+    lmbda = 0.0  # the book's (the L2 term's sum of squares: the next test)
+    costs, weights, ops = _train(_mode("py", True, monkeypatch), lmbda, 2)
+    updates = [op for op in ops if isinstance(op, dense.DenseUpdate)]
+    assert len(updates) == 2
+    assert all(op.inplace and op.masked and op.grad and not op.sumsq for op in updates)
+    assert sum(isinstance(op, dense.DenseForward) for op in ops) == 2
+    # the softmax layer's 1000 x 10 weights: BLAS, as before
+    assert sum(isinstance(op, Gemm) for op in ops) == 1
+    assert sum(type(op) is Dot22 for op in ops) == 2  # its forward and input gradient
+    plain_costs, plain_weights, _ = _train(_mode("py", False, monkeypatch), lmbda, 2)
+    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
+    for w, plain in zip(weights, plain_weights):
+        np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 0.1])
+def test_numba_step_matches_the_step_without_the_rewrites(lmbda, monkeypatch, numba_backend):
+    small = dict(sizes=(30, 40, 10), conv=False, n_in=30, steps=4)
+    costs, weights, ops = _train(_mode(rewrites.GraphLinker(), True, monkeypatch),
+                                 lmbda, **small)
+    kinds = {(op.grad, op.masked, op.sumsq, op.inplace)
+             for op in ops if isinstance(op, dense.DenseUpdate)}
+    # the first layer's input is data: no input gradient
+    assert kinds == {(False, False, lmbda > 0, True), (True, True, lmbda > 0, True)}
+    plain_costs, plain_weights, ops = _train(
+        _mode(rewrites.GraphLinker(), False, monkeypatch), lmbda, **small)
+    assert not any(isinstance(op, dense.DenseUpdate | dense.DenseForward) for op in ops)
+    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
+    for w, plain in zip(weights, plain_weights):
+        np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_not_in_place_on_an_input_and_not_masked_where_the_gradient_is_used_twice():
+    K, N, B = 24, 20, 5
+    w, x, d, f = (pt.matrix(name, dtype="float32", shape=shape)
+                  for name, shape in (("w", (K, N)), ("x", (B, K)), ("d", (B, N)), ("f", (B, K))))
+    new_w = w - np.float32(0.1) * pt.dot(x.T, d)
+    g = pt.dot(d, w.T)
+    fn = pytensor.function([w, x, d, f], [new_w, g, g * f], mode=rewrites.numba_mode())
+    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+    updates = [op for op in ops if isinstance(op, dense.DenseUpdate)]
+    assert len(updates) == 1 and not updates[0].inplace and not updates[0].masked
+    values = [rng.standard_normal(v.type.shape).astype("float32") for v in (w, x, d, f)]
+    w0 = values[0].copy()
+    out_w, out_g, out_gf = fn(*values)
+    np.testing.assert_array_equal(values[0], w0)  # the input is left alone
+    np.testing.assert_allclose(out_w, w0 - 0.1 * values[1].T @ values[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_g, values[2] @ w0.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out_gf, (values[2] @ w0.T) * values[3], rtol=1e-5, atol=1e-5)
+
+
+def test_products_the_kernels_are_not_for_stay_with_blas():
+    """A mini-batch above MAX_BATCH, fewer columns than MIN_COLUMNS, a
+    transposed w: Dot22 (rewritten on the Python linker only)."""
+    mode = Mode(linker="py", optimizer=rewrites.numba_mode().optimizer)
+    big = pt.matrix("big", dtype="float32", shape=(dense.MAX_BATCH + 1, 30))
+    x = pt.matrix("x", dtype="float32", shape=(4, 30))
+    w = pt.matrix("w", dtype="float32", shape=(30, 40))
+    narrow = pt.matrix("narrow", dtype="float32", shape=(30, dense.MIN_COLUMNS - 1))
+    wt = pt.matrix("wt", dtype="float32", shape=(40, 30))
+    fn = pytensor.function([big, x, w, narrow, wt],
+                           [pt.dot(big, w), pt.dot(x, narrow), pt.dot(x, wt.T), pt.dot(x, w)],
+                           mode=mode)
+    ops = [type(node.op) for node in fn.maker.fgraph.apply_nodes]
+    assert ops.count(Dot22) == 3 and ops.count(dense.DenseForward) == 1
