@@ -12,6 +12,7 @@ its row says how many members voted.
     python scripts/results_table.py      # writes RESULTS.md and README's table
 """
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -144,7 +145,11 @@ epochs or runs than the book say so in their columns.
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(
+        description="Write RESULTS.md and the README's results table from the "
+        "records in results/*.jsonl (the ensemble's vote needs MNIST's test "
+        "labels).").parse_args(argv)
     records = load_records(ROOT / "results")
     rows = table(records, mnist_test_labels)
     text = HEADER + rows + "\n"
