@@ -119,6 +119,12 @@ def test_a_killed_worker_costs_no_record_and_no_duplicate(cluster, tmp_path):
     assert [o.status for o in outcomes] == ["done"] * 4, stream.getvalue()
     victim = next(o for o in outcomes if o.run.key == killed[0])
     assert victim.attempts >= 2  # started, killed, started again
+    # the progress lines: queued, started (again), an epoch, done; a summary
+    lines = stream.getvalue()
+    assert f"{victim.run.label()}: started on tcp://127.0.0.1:" in lines
+    assert f"(attempt {victim.attempts})" in lines
+    assert "epoch 1 of 1" in lines and ": done: test " in lines
+    assert "4 done, 0 skipped (already recorded), 0 failed" in lines
     written = records(out)
     assert len(written) == 4
     assert sorted(experiments.record_key(r) for r in written) == sorted(r.key for r in runs)
