@@ -18,7 +18,9 @@
   (the L2 term's sum of squares summed in the update's pass): the same
   costs and weights to float32 rounding;
 * where w is no shared variable the update is not in place (w unchanged);
-  where the input gradient has another use it is not masked.
+  where the input gradient has another use it is not masked;
+* dropout masks from random bits (p = 0.5, 0.75): new ones every call, the
+  right mean, the same in Numba as in numpy; p = 0.8 keeps PyTensor's.
 """
 
 import numpy as np
@@ -151,8 +153,10 @@ def _mode(linker, with_dense, monkeypatch):
     variables for Numba (whose ``perform`` then compiles a graph of its own,
     and refuses one that works in place)."""
     with monkeypatch.context() as patch:
-        if not with_dense:
-            patch.setattr(dense, "POSITIONS", ())
+        if not with_dense:  # (the same dropout masks: those rewritten both times)
+            patch.setattr(dense, "POSITIONS", tuple(
+                (rewrite, position) for rewrite, position in dense.POSITIONS
+                if rewrite is dense.MASKS))
         mode = rewrites.numba_mode()
     if linker == "py":
         mode = mode.excluding("introduce_explicit_core_shape_rv")
@@ -171,6 +175,8 @@ def test_the_books_graph_is_rewritten_and_computes_the_same(monkeypatch, numba_b
     assert len(updates) == 2
     assert all(op.inplace and op.masked and op.grad and not op.sumsq for op in updates)
     assert sum(isinstance(op, dense.DenseForward) for op in ops) == 2
+    assert sum(op == dense.BernoulliBits(1, 1, (10, 1000)) for op in ops) == 2
+    assert sum(op == dense.BernoulliBits(1, 1, (10, 640)) for op in ops) == 1
     # the softmax layer's 1000 x 10 weights: BLAS, as before
     assert sum(isinstance(op, Gemm) for op in ops) == 1
     assert sum(type(op) is Dot22 for op in ops) == 2  # its forward and input gradient
@@ -230,3 +236,30 @@ def test_products_the_kernels_are_not_for_stay_with_blas():
                            mode=mode)
     ops = [type(node.op) for node in fn.maker.fgraph.apply_nodes]
     assert ops.count(Dot22) == 3 and ops.count(dense.DenseForward) == 1
+
+
+@pytest.mark.parametrize("p, bits", [(0.5, (1, 1)), (0.75, (3, 2)), (0.8, None)])
+def test_dropout_masks_from_random_bits(p, bits):
+    """bernoulli(p) with p = k / 2**m becomes BernoulliBits(k, m): a new
+    mask every call, each number 1 with probability p (within 5 standard
+    deviations over 200,000 numbers), the same masks in Numba as in numpy
+    (``perform``) from the same generator; other p keep PyTensor's."""
+    rng = pytensor.shared(np.random.default_rng(5))
+    next_rng, mask = pt.random.bernoulli(np.float32(p), size=(20, 1000), rng=rng,
+                                         return_next_rng=True)
+    fn = pytensor.function([], mask, updates=[(rng, next_rng)], mode=rewrites.numba_mode())
+    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+    if bits is None:
+        assert not any(isinstance(op, dense.BernoulliBits) for op in ops)
+        return
+    assert dense.BernoulliBits(*bits, (20, 1000)) in ops
+    state = rng.get_value().bit_generator.state
+    masks = np.array([fn() for _ in range(10)])
+    assert masks.dtype == np.int64 and set(np.unique(masks)) == {0, 1}
+    assert not any(np.array_equal(masks[0], m) for m in masks[1:])
+    assert abs(masks.mean() - p) < 5 * np.sqrt(p * (1 - p) / masks.size)
+    generator = np.random.default_rng()
+    generator.bit_generator.state = state
+    storage = [[None], [None]]
+    dense.BernoulliBits(*bits, (20, 1000)).perform(None, [generator, None], storage)
+    np.testing.assert_array_equal(storage[1][0], masks[0])

@@ -73,13 +73,14 @@ import pytensor.tensor as pt
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
-from pytensor.graph.basic import Apply
+from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 from pytensor.graph.traversal import ancestors
 from pytensor.scalar import basic as ps
 from pytensor.tensor.blas import Dot22, Gemm, gemm_no_inplace
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
+from pytensor.tensor.random.basic import BernoulliRV
 
 from . import kernels
 from .kernels import inner
@@ -283,6 +284,64 @@ def local_dense_forward(fgraph, node):
     return [DenseForward()(x, w)]
 
 
+#### Dropout masks from random bits
+class BernoulliBits(Op):
+    """(rng, size) -> (rng, mask): an int64 mask of shape ``shape``, each
+    number 1 with probability k / 2**m, drawn from the generator rng in
+    place, m bits each: a float64 of ``rng.random()`` is 53 random bits
+    (``(next_uint64 >> 11) * 2**-53``), enough for 53 // m numbers.  For
+    dropout's p = 0.5 (k = m = 1), 53 numbers a draw, where PyTensor's
+    Bernoulli draws one for each (and compares it with p)."""
+
+    __props__ = ("k", "m", "shape")
+    destroy_map = {0: [0]}
+
+    def __init__(self, k, m, shape):
+        self.k, self.m, self.shape = int(k), int(m), tuple(int(n) for n in shape)
+
+    def make_node(self, rng, size):
+        mask = pt.tensor(dtype="int64", shape=self.shape)
+        return Apply(self, [rng, pt.as_tensor_variable(size)], [rng.type(), mask])
+
+    def perform(self, node, inputs, outputs):
+        rng = inputs[0]
+        n, per = int(np.prod(self.shape)), 53 // self.m
+        words = (rng.random((n + per - 1) // per) * 2.0 ** 53).astype(np.int64)
+        chunks = (words[:, None] >> (self.m * np.arange(per))) & ((1 << self.m) - 1)
+        outputs[0][0] = rng
+        outputs[1][0] = (chunks.ravel()[:n] < self.k).astype(np.int64).reshape(self.shape)
+
+
+def _dyadic(p, most_bits=16):
+    """(k, m) with p = k / 2**m exactly, m at most ``most_bits`` (the
+    smallest m), or None."""
+    for m in range(1, most_bits + 1):
+        k = p * 2 ** m
+        if k == int(k):
+            return int(k), m
+    return None
+
+
+@node_rewriter([BernoulliRV])
+def local_bernoulli_bits(fgraph, node):
+    """An in-place bernoulli(p, size) with a constant p of the form k / 2**m
+    (m <= 16: dropout's 0.5, 0.75, ...) and a constant size  ->
+    BernoulliBits(k, m, size)(rng, size): the same distribution, exactly"""
+    op = node.op
+    if not op.inplace:
+        return None
+    size, params = op.size_param(node), op.dist_params(node)
+    mask = node.outputs[1]
+    if not (isinstance(size, Constant) and len(params) == 1 and isinstance(params[0], Constant)
+            and mask.type.dtype == "int64" and None not in mask.type.shape):
+        return None
+    values = np.unique(np.asarray(params[0].data, dtype=np.float64))
+    dyadic = _dyadic(float(values[0])) if len(values) == 1 and 0 < values[0] < 1 else None
+    if dyadic is None or tuple(size.data) != mask.type.shape:
+        return None
+    return BernoulliBits(*dyadic, mask.type.shape)(op.rng_param(node), size, return_list=True)
+
+
 # After rewrites.py's rewrites (48.5), which make the gemm and the Dot22
 # nodes, and before fusion (49); the update first, so that the forward
 # rewrite never sees the input gradient's product.
@@ -290,7 +349,10 @@ FUSE = dfs_rewriter(local_dense_update, name="network3_dense_update")
 FORWARD = dfs_rewriter(local_dense_forward, name="network3_dense_forward")
 # After PyTensor's destroy handler is added (49.5), as its InplaceBlasOpt (50.2)
 INPLACE = dfs_rewriter(local_inplace_dense_update, name="network3_dense_inplace")
-POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (INPLACE, 50.3))
+# After PyTensor makes random variables draw in place (50.9), before it
+# wraps them for Numba (100)
+MASKS = dfs_rewriter(local_bernoulli_bits, name="network3_bernoulli_bits")
+POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (INPLACE, 50.3), (MASKS, 51.0))
 
 
 #### The kernels, as LLVM code
@@ -741,9 +803,26 @@ def _numba_funcify_dense_forward(op, node, **kwargs):
         f"forward {B} {N} {FORWARD_ROWS} {FORWARD_DENSE_ABOVE}")
 
 
+def _numba_funcify_bernoulli_bits(op, node, **kwargs):
+    k, m, shape = op.k, op.m, op.shape
+    n, per, low = int(np.prod(shape)), 53 // op.m, (1 << op.m) - 1
+
+    @inner
+    def bernoulli_bits(rng, size):
+        mask = np.empty(n, np.int64)
+        for start in range(0, n, per):
+            # 53 random bits (rng.random() is next_uint64 >> 11, times 2**-53)
+            word = np.int64(rng.random() * 9007199254740992.0)
+            for t in range(min(per, n - start)):
+                mask[start + t] = ((word >> (m * t)) & low) < k
+        return rng, mask.reshape(shape)
+    return bernoulli_bits, _cache_key(f"bernoulli_bits {k} {m} {shape}")
+
+
 NUMBA_FUNCTIONS = {
     DenseUpdate: _numba_funcify_dense_update,
     DenseForward: _numba_funcify_dense_forward,
+    BernoulliBits: _numba_funcify_bernoulli_bits,
 }
 
 # the cache keys: this file and kernels.py
