@@ -55,7 +55,12 @@ def test_experiment_runs_and_records(experiment, small, tmp_path, capsys):
     assert record["config"]["layers"] == [
         network3.saving.describe(layer) for layer in nets[0].layers]
     assert len(record["epochs"]) == 1
-    assert 0 <= record["test_accuracy"] <= 1
+    # the recorded test accuracy is the network's (one epoch: its last
+    # parameters are its best), and the recorded labels are its predictions
+    test_x, test_y = (np.asarray(v.get_value()) for v in small[2])
+    predictions = experiments.decode_labels(record["test_predictions"])
+    np.testing.assert_array_equal(predictions, nets[0].predict(test_x))
+    assert record["test_accuracy"] == pytest.approx(np.mean(predictions == test_y))
     assert "Finished training network." in capsys.readouterr().out
     loaded = network3.load(record["saved"])
     assert repr(loaded) == repr(nets[0])
