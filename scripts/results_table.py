@@ -9,7 +9,7 @@ the best test accuracy (at the best validation epoch) of its runs.  The
 ensemble's vote is taken from its members' recorded test predictions, and
 its row says how many members voted.
 
-    python scripts/results_table.py      # writes RESULTS.md and README's table
+    python scripts/results_table.py      # writes RESULTS.md and README's short table
 """
 
 import argparse
@@ -83,14 +83,19 @@ def _percent(value):
     return "-" if value is None else f"{value:.2%}"
 
 
-def table(records, test_labels=None):
+def table(records, test_labels=None, full=True):
     """The results table (Markdown).  ``test_labels``: MNIST's test labels,
     or a function returning them, for the ensemble's vote; the vote row
-    says how many members voted."""
-    rows = ["| experiment | book | network3 (best run) | runs: test accuracy | "
-            "epochs | eta, lmbda | init | training images | wall time per run | "
-            "machine | command |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    says how many members voted.  ``full=False``: the README's short form
+    (experiment, figures, runs, epochs)."""
+    if full:
+        rows = ["| experiment | book | network3 (best run) | runs: test accuracy | "
+                "epochs | eta, lmbda | init | training images | wall time per run | "
+                "machine | command |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    else:
+        rows = ["| experiment | book | network3 (best run) | runs: test accuracy | epochs |",
+                "| --- | --- | --- | --- | --- |"]
     for experiment, s, runs in groups_of(records):
         width, augment = fc_width(runs[0]), s["augment"]
         best = max(runs, key=lambda r: r["test_accuracy"] or 0)
@@ -102,7 +107,7 @@ def table(records, test_labels=None):
         train_size = runs[0]["config"]["train_size"]
         columns = (f"{s['epochs']} | {s['eta']}, {s['lmbda']} | {s['init']} | "
                    f"{train_size:,} | {wall / 60:.1f} min | {best['machine']} | "
-                   f"`{command}` |")
+                   f"`{command}` |") if full else f"{s['epochs']} |"
         rows.append(f"| {name} | {BOOK.get((experiment, width), '')} | "
                     f"**{_percent(best['test_accuracy'])}** | {len(runs)}: {each} | "
                     + columns)
@@ -154,13 +159,14 @@ def main(argv=None):
     rows = table(records, mnist_test_labels)
     text = HEADER + rows + "\n"
     (ROOT / "RESULTS.md").write_text(text)
-    # the same table in the README, between its markers
+    # the short form in the README, between its markers
     readme = ROOT / "README.md"
     content = readme.read_text()
     if START in content and END in content:
         before, rest = content.split(START, 1)
         after = rest.split(END, 1)[1]
-        readme.write_text(f"{before}{START}\n{rows}\n{END}{after}")
+        short = table(records, mnist_test_labels, full=False)
+        readme.write_text(f"{before}{START}\n{short}\n{END}{after}")
     print(text)
 
 
