@@ -101,6 +101,8 @@ def table(records, test_labels=None, full=True):
         best = max(runs, key=lambda r: r["test_accuracy"] or 0)
         name = experiment + (f" (FC {width})" if width else "") + \
             (f", augmented: {augment}" if augment else "")
+        if not full and s["init"] != "book":  # the short table has no init column
+            name += f", {s['init']} init"
         each = ", ".join(_percent(r["test_accuracy"]) for r in runs)
         wall = sum(r["wall_seconds"] for r in runs) / len(runs)
         command = best.get("command") or "(from the REPL)"
