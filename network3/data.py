@@ -19,6 +19,7 @@ that admits only the numpy arrays the format holds.  Files are written to a
 temporary name and renamed, so an interrupted build leaves no half file.
 """
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -365,17 +366,25 @@ def save_data(data, filename):
     temporary file renamed into place."""
     path = Path(filename)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        # streamed through gzip: no second in-memory copy of the arrays
+        with gzip.open(tmp, "wb", compresslevel=4) as f:
+            pickle.dump(tuple(tuple(pair) for pair in data), f, protocol=4)
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """A temporary name beside ``path`` to write to; renamed to ``path``
+    when the block ends without an error, so a reader never sees half a
+    file."""
     tmp = path.with_name(path.name + ".part")
-    # streamed through gzip: no second in-memory copy of the arrays
-    with gzip.open(tmp, "wb", compresslevel=4) as f:
-        pickle.dump(tuple(tuple(pair) for pair in data), f, protocol=4)
+    yield tmp
     os.replace(tmp, path)
 
 
 def atomic_write(path, payload):
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(payload)
 
 
 def build_mnist_pkl(filename=None, idx_dir=None, download=True):
