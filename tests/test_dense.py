@@ -13,12 +13,14 @@
   softmax layer's 10 columns stay with BLAS; and two SGD steps give the
   numbers of the same graph without dense.py's rewrites (lmbda 0, the
   book's);
-* a small network of the same kind (ReLU, dropout 0.5, mini-batch 10)
-  trained in Numba with and without dense.py's rewrites, lmbda 0 and 0.1
+* a small network of the same kind (ReLU, dropout 0.5, mini-batch 10; the
+  size thresholds lifted, as for the self-check) trained in Numba with and
+  without dense.py's rewrites, lmbda 0 and 0.1
   (the L2 term's sum of squares summed in the update's pass): the same
   costs and weights to float32 rounding;
 * where w is no shared variable the update is not in place (w unchanged);
-  where the input gradient has another use it is not masked;
+  where the input gradient has another use it is not masked; products of
+  sizes the kernels are not for stay with OpenBLAS;
 * dropout masks from random bits (p = 0.5, 0.75): new ones every call, the
   right mean, the same in Numba as in numpy; p = 0.8 keeps PyTensor's.
 """
@@ -189,8 +191,9 @@ def test_the_books_graph_is_rewritten_and_computes_the_same(monkeypatch, numba_b
 @pytest.mark.parametrize("lmbda", [0.0, 0.1])
 def test_numba_step_matches_the_step_without_the_rewrites(lmbda, monkeypatch, numba_backend):
     small = dict(sizes=(30, 40, 10), conv=False, n_in=30, steps=4)
-    costs, weights, ops = _train(_mode(rewrites.GraphLinker(), True, monkeypatch),
-                                 lmbda, **small)
+    with dense.everywhere():  # (matrices this small stay with OpenBLAS)
+        costs, weights, ops = _train(_mode(rewrites.GraphLinker(), True, monkeypatch),
+                                     lmbda, **small)
     kinds = {(op.grad, op.masked, op.sumsq, op.inplace)
              for op in ops if isinstance(op, dense.DenseUpdate)}
     # the first layer's input is data: no input gradient
@@ -209,7 +212,8 @@ def test_not_in_place_on_an_input_and_not_masked_where_the_gradient_is_used_twic
                   for name, shape in (("w", (K, N)), ("x", (B, K)), ("d", (B, N)), ("f", (B, K))))
     new_w = w - np.float32(0.1) * pt.dot(x.T, d)
     g = pt.dot(d, w.T)
-    fn = pytensor.function([w, x, d, f], [new_w, g, g * f], mode=rewrites.numba_mode())
+    with dense.everywhere():
+        fn = pytensor.function([w, x, d, f], [new_w, g, g * f], mode=rewrites.numba_mode())
     ops = [node.op for node in fn.maker.fgraph.apply_nodes]
     updates = [op for op in ops if isinstance(op, dense.DenseUpdate)]
     assert len(updates) == 1 and not updates[0].inplace and not updates[0].masked
@@ -223,19 +227,22 @@ def test_not_in_place_on_an_input_and_not_masked_where_the_gradient_is_used_twic
 
 
 def test_products_the_kernels_are_not_for_stay_with_blas():
-    """A mini-batch above MAX_BATCH, fewer columns than MIN_COLUMNS, a
-    transposed w: Dot22 (rewritten on the Python linker only)."""
+    """A mini-batch above MAX_BATCH, fewer columns than MIN_COLUMNS or
+    weights than MIN_WEIGHTS, a transposed w: Dot22 (rewritten on the
+    Python linker only)."""
     mode = Mode(linker="py", optimizer=rewrites.numba_mode().optimizer)
-    big = pt.matrix("big", dtype="float32", shape=(dense.MAX_BATCH + 1, 30))
-    x = pt.matrix("x", dtype="float32", shape=(4, 30))
-    w = pt.matrix("w", dtype="float32", shape=(30, 40))
-    narrow = pt.matrix("narrow", dtype="float32", shape=(30, dense.MIN_COLUMNS - 1))
-    wt = pt.matrix("wt", dtype="float32", shape=(40, 30))
-    fn = pytensor.function([big, x, w, narrow, wt],
-                           [pt.dot(big, w), pt.dot(x, narrow), pt.dot(x, wt.T), pt.dot(x, w)],
-                           mode=mode)
+    K, N = 400, dense.MIN_WEIGHTS // 400 + 1
+
+    def matrix(name, *shape):
+        return pt.matrix(name, dtype="float32", shape=shape)
+    big, x, w = matrix("big", dense.MAX_BATCH + 1, K), matrix("x", 4, K), matrix("w", K, N)
+    narrow = matrix("narrow", 2 * dense.MIN_WEIGHTS, dense.MIN_COLUMNS - 1)
+    small, wt = matrix("small", K, 30), matrix("wt", N, K)
+    products = [pt.dot(big, w), pt.dot(matrix("y", 4, 2 * dense.MIN_WEIGHTS), narrow),
+                pt.dot(x, small), pt.dot(x, wt.T), pt.dot(x, w)]
+    fn = pytensor.function(list(pytensor.graph.graph_inputs(products)), products, mode=mode)
     ops = [type(node.op) for node in fn.maker.fgraph.apply_nodes]
-    assert ops.count(Dot22) == 3 and ops.count(dense.DenseForward) == 1
+    assert ops.count(Dot22) == 4 and ops.count(dense.DenseForward) == 1
 
 
 @pytest.mark.parametrize("p, bits", [(0.5, (1, 1)), (0.75, (3, 2)), (0.8, None)])

@@ -53,11 +53,14 @@ def self_check(mode):
     import pytensor.tensor as pt
     from pytensor.compile.mode import Mode
 
+    from . import dense
+
     rng = np.random.default_rng(0)
     f32 = "float32"
     B = 2
     # 20 and 16 units: wide enough for dense.py's kernels (LLVM code of
-    # their own), with an input gradient and without
+    # their own), with an input gradient and without (its rewrites then
+    # take matrices of any size: ``dense.everywhere``)
     shapes = {"w2": (6, 20), "b2": (20,), "w3": (20, 16), "b3": (16,)}
     start = {name: rng.normal(0, 0.5, shape).astype(f32) for name, shape in shapes.items()}
     x_value = rng.random((3 * B, 6)).astype(f32)
@@ -86,7 +89,8 @@ def self_check(mode):
                    for i in range(3)]
         return results, {name: v.get_value() for name, v in p.items()}
 
-    ours, our_params = step(mode)
+    with dense.everywhere():
+        ours, our_params = step(mode)
     reference, ref_params = step(Mode(linker="py", optimizer=None))
     for i, ((cost, labels), (ref_cost, ref_labels)) in enumerate(zip(ours, reference)):
         if not np.allclose(cost, ref_cost, rtol=1e-4, atol=1e-5):

@@ -56,7 +56,8 @@ place: 0.14 ms).  What is left of the step is mostly its conv layers
 The rewrites, after rewrites.py's (which make the update a ``Gemm`` and the
 products ``Dot22``): ``local_dense_update`` replaces an update
 ``gemm(w, alpha, x.T, delta, beta)`` of a matrix with at least
-``MIN_COLUMNS`` columns, at a static mini-batch of at most ``MAX_BATCH``,
+``MIN_COLUMNS`` columns and ``MIN_WEIGHTS`` weights, at a static mini-batch
+of at most ``MAX_BATCH``,
 together with the product ``dot22(delta, w.T)`` (and its one use, when that
 is a product) and ``sum_of_squares(w)`` where the graph has them;
 ``local_inplace_dense_update`` makes it update w in place where PyTensor's
@@ -65,6 +66,7 @@ destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
 transposed view).
 """
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -91,8 +93,14 @@ from .kernels import inner
 MAX_BATCH = 16
 # At least one vector of 16 float32 numbers a row (narrower matrices, such as
 # the book's softmax layer's 1000 x 10, stay with OpenBLAS, whose small
-# kernels are faster there).
+# kernels are faster there), and MIN_WEIGHTS weights: smaller matrices stay
+# in the cache, where OpenBLAS's products run at its best, and OpenBLAS was
+# the faster here (measured, forward product and update, mini-batch 10:
+# 640 x 128 and 784 x 100, the book's shallow network's, OpenBLAS; 640 x
+# 192 and larger, these kernels).  ``everywhere()`` lifts both, for the
+# accelerator's self-check.
 MIN_COLUMNS = 16
+MIN_WEIGHTS = 100_000
 # The forward product takes w's rows FORWARD_ROWS at a time, multiplied by
 # all of x's numbers where more than FORWARD_DENSE_ABOVE of x's numbers
 # for them are nonzero, else row by row by the nonzero numbers only
@@ -173,8 +181,24 @@ class DenseForward(Dot22):
 def _fits(B, K, N, dtype):
     """Whether a (B, K) by (K, N) product has the static sizes and dtype the
     kernels are for."""
-    return (dtype in _FLOATS and None not in (B, K, N) and B <= MAX_BATCH
-            and N >= MIN_COLUMNS)
+    if dtype not in _FLOATS or None in (B, K, N) or B > MAX_BATCH:
+        return False
+    return _everywhere or (N >= MIN_COLUMNS and K * N >= MIN_WEIGHTS)
+
+
+_everywhere = []
+
+
+@contextlib.contextmanager
+def everywhere():
+    """Within this block, the rewrites take matrices of any size (of a
+    mini-batch up to MAX_BATCH): so that the accelerator's self-check, a
+    tiny network, runs the kernels."""
+    _everywhere.append(True)
+    try:
+        yield
+    finally:
+        _everywhere.pop()
 
 
 def _is_transpose(var):
@@ -222,7 +246,7 @@ def local_dense_update(fgraph, node):
     sum_of_squares(w) where the graph has them  ->  DenseUpdate(w, x,
     delta, alpha, beta), one pass over w.  For a not in-place gemm (as
     rewrites.py's ``local_sgd_step_to_gemm`` makes them) of a w with static
-    shape (K, N >= MIN_COLUMNS), x (K, B <= MAX_BATCH).  Where the graph's
+    shape (K, N) that ``_fits``, x (K, B <= MAX_BATCH).  Where the graph's
     one use of dot22(delta, w.T) is a product with other factors f (the
     gradient of a dropout layer's mask and its input's ReLU), DenseUpdate
     computes that product, masked by f."""
@@ -273,7 +297,7 @@ def local_inplace_dense_update(fgraph, node):
 
 @node_rewriter([Dot22])
 def local_dense_forward(fgraph, node):
-    """dot22(x, w) with x (B <= MAX_BATCH, K) and w (K, N >= MIN_COLUMNS),
+    """dot22(x, w) with x (B <= MAX_BATCH, K) and w (K, N) that ``_fits``,
     static shapes, w not a transposed view  ->  DenseForward(x, w)"""
     if type(node.op) is not Dot22:
         return None
