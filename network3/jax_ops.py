@@ -1,8 +1,10 @@
 """jax_ops.py: ops.py's Ops for PyTensor's JAX backend (CPU or GPU).
 
-The same im2col formulation as ``ops.conv2d_reference`` in jax.numpy (on
-the CPU at small batches it beat XLA's own convolution); the gradients are
-JAX's own VJPs of it.  Pooling as a reshape into windows and a max.
+The Ops' definitions from ops.py (``im2col_conv``, ``window_max``) on
+jax.numpy arrays (on the CPU at small batches im2col beat XLA's own
+convolution); the conv gradients are JAX's own VJPs of it, the pooling
+gradient goes to every element equal to its window's maximum, as
+MaxPool2dGrad's.
 ``ops.py`` imports this module when an Op is put in a graph after jax was
 imported, and ``backend`` when the JAX backend is chosen: importing
 network3 never imports jax.
@@ -21,15 +23,7 @@ jax.config.update("jax_enable_x64", True)
 
 
 def conv(x, w):
-    B, C, H, W = x.shape
-    F, _, kh, kw = w.shape
-    oh, ow = H - kh + 1, W - kw + 1
-    views = [x[:, :, u:u + oh, v:v + ow]
-             for u in reversed(range(kh)) for v in reversed(range(kw))]
-    cols = jnp.stack(views, axis=2)           # (B, C, kh*kw, oh, ow)
-    cols = cols.transpose(0, 3, 4, 1, 2).reshape(B * oh * ow, C * kh * kw)
-    z = cols @ w.reshape(F, C * kh * kw).T    # (B*oh*ow, F)
-    return z.reshape(B, oh, ow, F).transpose(0, 3, 1, 2)
+    return ops.im2col_conv(jnp, x, w, x.shape, w.shape)
 
 
 def conv_grad_inputs(gz, w):
@@ -50,7 +44,7 @@ def windows(x, ph, pw, oh, ow):
 
 
 def pool(x, ph, pw):
-    return windows(x, ph, pw, x.shape[2] // ph, x.shape[3] // pw).max(axis=(3, 5))
+    return ops.window_max(x, x.shape, (ph, pw))
 
 
 def pool_grad(x, pooled, gz, ph, pw):

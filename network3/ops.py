@@ -81,35 +81,47 @@ def l2_pool_2d(x, input_shape, poolsize):
 
 #### The definitions, in tensor algebra
 def conv2d_reference(x, w, image_shape, filter_shape):
-    """``conv2d`` written with ordinary tensor operations.
+    """``conv2d`` written with ordinary tensor operations (``im2col_conv``
+    on PyTensor tensors)."""
+    x = pt.specify_shape(x, tuple(image_shape))
+    w = pt.specify_shape(w, tuple(filter_shape))
+    return im2col_conv(pt, x, w, image_shape, filter_shape)
 
-    im2col: one shifted view of the image per kernel position, stacked, then
-    one matrix product with the kernels.  The views are taken in reverse
-    order: pairing view (u, v) with kernel entry (fh-1-u, fw-1-v) is the
-    kernel flip, done without a negative-step slice (which some backends
+
+def im2col_conv(xp, x, w, image_shape, filter_shape):
+    """The valid true convolution as im2col and one matrix product, for
+    PyTensor's tensors (``xp`` = pytensor.tensor) or jax.numpy's arrays
+    (jax_ops.py): one shifted view of the image per kernel position,
+    stacked, then one product with the kernels.  The views are taken in
+    reverse order: pairing view (u, v) with kernel entry (fh-1-u, fw-1-v) is
+    the kernel flip, done without a negative-step slice (which some backends
     reject)."""
     batch, channels, h, wd = image_shape
     n_filters, _, fh, fw = filter_shape
     oh, ow = h - fh + 1, wd - fw + 1
-    x = pt.specify_shape(x, tuple(image_shape))
-    w = pt.specify_shape(w, tuple(filter_shape))
     views = [x[:, :, u:u + oh, v:v + ow]
              for u in reversed(range(fh)) for v in reversed(range(fw))]
-    cols = pt.stack(views, axis=2)                # (B, C, fh*fw, oh, ow)
-    cols = cols.dimshuffle(0, 3, 4, 1, 2)         # (B, oh, ow, C, fh*fw)
+    cols = xp.stack(views, axis=2)                # (B, C, fh*fw, oh, ow)
+    cols = cols.transpose(0, 3, 4, 1, 2)          # (B, oh, ow, C, fh*fw)
     cols = cols.reshape((batch * oh * ow, channels * fh * fw))
     kernels_ = w.reshape((n_filters, channels * fh * fw))
-    out = pt.dot(cols, kernels_.T)                # (B*oh*ow, F): one matrix product
+    out = xp.dot(cols, kernels_.T)                # (B*oh*ow, F): one matrix product
     out = out.reshape((batch, oh, ow, n_filters))
-    return out.dimshuffle(0, 3, 1, 2)             # (B, F, oh, ow)
+    return out.transpose(0, 3, 1, 2)              # (B, F, oh, ow)
 
 
 def max_pool_2d_reference(x, input_shape, poolsize):
     """``max_pool_2d`` as a crop, a reshape into windows and a ``max``."""
+    x = pt.specify_shape(x, tuple(input_shape))
+    return window_max(x, input_shape, poolsize)
+
+
+def window_max(x, input_shape, poolsize):
+    """The max of each complete window, for PyTensor's tensors or
+    jax.numpy's arrays."""
     batch, channels, h, wd = input_shape
     ph, pw = poolsize
     oh, ow = h // ph, wd // pw
-    x = pt.specify_shape(x, tuple(input_shape))
     x = x[:, :, :oh * ph, :ow * pw]               # crop the incomplete windows
     windows = x.reshape((batch, channels, oh, ph, ow, pw))
     return windows.max(axis=(3, 5))               # (B, C, oh, ow)
