@@ -60,12 +60,12 @@ def profile(net):
     return {"wall_s": time.perf_counter() - start, "numba_s": total[0], "nodes": nodes}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--net", default="dbl_conv",
                         help="a network of scripts/benchmark.py")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(profile(args.net)))
         return
