@@ -102,10 +102,10 @@ MAX_BATCH = 16
 MIN_COLUMNS = 16
 MIN_WEIGHTS = 100_000
 # The forward product takes w's rows FORWARD_ROWS at a time, multiplied by
-# all of x's numbers where more than FORWARD_DENSE_ABOVE of x's numbers
-# for them are nonzero, else row by row by the nonzero numbers only
+# all of x's numbers for them where more than FORWARD_DENSE of those are
+# nonzero, else row by row by the nonzero numbers only
 FORWARD_ROWS = 4
-FORWARD_DENSE_ABOVE = 24
+FORWARD_DENSE = 0.6
 
 _FLOATS = ("float32", "float64")
 
@@ -813,7 +813,8 @@ def _numba_funcify_dense_update(op, node, **kwargs):
 
 def _numba_funcify_dense_forward(op, node, **kwargs):
     B, N = node.inputs[0].type.shape[0], node.inputs[1].type.shape[1]
-    kernel = _dense_forward_kernel(B, FORWARD_ROWS, FORWARD_DENSE_ABOVE, N)
+    dense_above = int(FORWARD_DENSE * FORWARD_ROWS * B)
+    kernel = _dense_forward_kernel(B, FORWARD_ROWS, dense_above, N)
 
     @inner
     def dense_forward(x, w):
@@ -824,7 +825,7 @@ def _numba_funcify_dense_forward(op, node, **kwargs):
         kernel(xc, count, rows, values, wc, y)
         return y
     return dense_forward, _cache_key(
-        f"forward {B} {N} {FORWARD_ROWS} {FORWARD_DENSE_ABOVE}")
+        f"forward {B} {N} {FORWARD_ROWS} {dense_above}")
 
 
 def _numba_funcify_bernoulli_bits(op, node, **kwargs):
