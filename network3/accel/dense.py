@@ -36,34 +36,41 @@ float64; Numba's own loops get 32-byte ones, which LLVM prefers on this
 machine's AVX-512), one copy of the inner loop per count of nonzero numbers
 in a row (so that its accumulators stay in registers), the widths static.
 Measured on the book's double_fc_dropout step (each node alone, fastest of
-200 calls, on the step's own numbers; throwaway script, 2 busy cores):
+200 calls, on the step's own numbers; throwaway script, a quiet hour):
 
     ====================================  =========  ====
     ms                                     OpenBLAS  here
     ====================================  =========  ====
-    forward, 640 x 1000                        0.21  0.09
-    forward, 1000 x 1000                       0.37  0.14
+    forward, 640 x 1000                        0.21  0.07
+    forward, 1000 x 1000                       0.34  0.13
     input gradient + update, 640 x 1000        0.35  0.14
-    input gradient + update, 1000 x 1000       0.59  0.19
-    all the step's nodes                       2.70  1.72
+    input gradient + update, 1000 x 1000       0.59  0.18
+    the three dropout masks (below)            0.07  0.02
+    all the step's nodes                       2.54  1.52
+    the step (fastest of 5 runs of 3000)       2.82  1.74
     ====================================  =========  ====
 
 (one read of a 1000 x 1000 float32 matrix, numpy's ``w.sum()``: 0.17 ms;
 this module's update of it with nothing to add, a read and a write in
 place: 0.14 ms).  What is left of the step is mostly its conv layers
-(about 0.9 ms).
+(0.86 ms of the nodes' 1.52).
+
+Dropout masks (``BernoulliBits``): PyTensor's Numba Bernoulli draws a
+float64 for each number of the mask; for p = k / 2**m (dropout's 0.5),
+``local_bernoulli_bits`` draws them m bits at a time, 53 // m numbers from
+one float64, the same distribution exactly, from the same generator.
 
 The rewrites, after rewrites.py's (which make the update a ``Gemm`` and the
-products ``Dot22``): ``local_dense_update`` replaces an update
-``gemm(w, alpha, x.T, delta, beta)`` of a matrix with at least
-``MIN_COLUMNS`` columns and ``MIN_WEIGHTS`` weights, at a static mini-batch
-of at most ``MAX_BATCH``,
-together with the product ``dot22(delta, w.T)`` (and its one use, when that
-is a product) and ``sum_of_squares(w)`` where the graph has them;
-``local_inplace_dense_update`` makes it update w in place where PyTensor's
-destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
+products ``Dot22``): ``local_dense_update`` replaces an update ``gemm(w,
+alpha, x.T, delta, beta)`` of a matrix with at least ``MIN_COLUMNS``
+columns and ``MIN_WEIGHTS`` weights, at a static mini-batch of at most
+``MAX_BATCH``, together with the product ``dot22(delta, w.T)`` (and its one
+use, when that is a product) and ``sum_of_squares(w)`` where the graph has
+them; ``local_inplace_dense_update`` makes it update w in place where
+PyTensor's destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
 ``local_dense_forward`` replaces ``dot22(x, w)`` of such shapes (w not a
-transposed view).
+transposed view); ``local_bernoulli_bits`` the masks.  ``POSITIONS`` says
+where each runs among PyTensor's rewrites; rewrites.py registers them.
 """
 
 import contextlib
