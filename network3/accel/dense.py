@@ -5,8 +5,8 @@ At the book's mini-batch of 10, a fully connected layer's three products
 each read its whole weight matrix w (K inputs by N outputs) for 10
 multiply-adds per weight: the forward product ``x @ w``, the gradient of the
 layer's input ``delta @ w.T``, and the update ``w - eta * (x.T @ delta)``,
-which also writes w.  OpenBLAS runs them at about 11 GB/s of weights here,
-less than half of what one core reads.  This module does them in two passes
+which also writes w.  OpenBLAS runs them well below the speed at which one
+core reads memory.  This module does them in two passes
 over w, and skips the products by zero that ReLU and dropout put there:
 
 * ``DenseForward``: ``x @ w``, w read once, row by row, each row i added
@@ -35,25 +35,8 @@ The kernels are LLVM code made here (``_dense_update_kernel``,
 float64; Numba's own loops get 32-byte ones, which LLVM prefers on this
 machine's AVX-512), one copy of the inner loop per count of nonzero numbers
 in a row (so that its accumulators stay in registers), the widths static.
-Measured on the book's double_fc_dropout step (each node alone, fastest of
-200 calls, on the step's own numbers; throwaway script, a quiet hour):
-
-    ====================================  =========  ====
-    ms                                     OpenBLAS  here
-    ====================================  =========  ====
-    forward, 640 x 1000                        0.21  0.07
-    forward, 1000 x 1000                       0.34  0.13
-    input gradient + update, 640 x 1000        0.35  0.14
-    input gradient + update, 1000 x 1000       0.59  0.18
-    the three dropout masks (below)            0.07  0.02
-    all the step's nodes                       2.54  1.52
-    the step (fastest of 5 runs of 3000)       2.82  1.74
-    ====================================  =========  ====
-
-(one read of a 1000 x 1000 float32 matrix, numpy's ``w.sum()``: 0.17 ms;
-this module's update of it with nothing to add, a read and a write in
-place: 0.14 ms).  What is left of the step is mostly its conv layers
-(0.86 ms of the nodes' 1.52).
+docs/performance.md has each node's time against OpenBLAS's, with how it
+was measured.
 
 Dropout masks (``BernoulliBits``): PyTensor's Numba Bernoulli draws a
 float64 for each number of the mask; for p = k / 2**m (dropout's 0.5),
