@@ -30,15 +30,17 @@ PyTensor/Numba cache (base_compiledir and NUMBA_CACHE_DIR in a new
 temporary folder) and then with that cache filled.
 
 "Where the time goes": per network a floor for one step, the larger of
-compute (each matrix product of the step, convolutions as their im2col
-products, timed as one-thread numpy sgemm at its shape: 2*m*n*k FLOPs each)
-and memory (the bytes the step must move, at the one-thread bandwidth of
-numpy's sum and copy over an array of the step's working-set size): the
-weights are read by the forward product and by the backward product to the
-layer's input (not for the first layer, whose input needs no gradient) and
-read and written by the update; each activation and its gradient are
-written once and read twice.  Element-wise work, dropout masks and the
-softmax are left out: a floor, not a model.
+compute (the FLOPs the step needs, 2*m*n*k per matrix product, convolutions
+as their im2col products, less the multiplications by inputs that dropout
+masked, at the fastest one-thread sgemm speed measured) and memory (the
+bytes the step must move, at the one-thread bandwidth of numpy's sum and
+copy over an array of the step's working-set size): the weights read by the
+forward product, then read and written once by an update that gives the
+input's gradient from the same read; each activation and its gradient
+written once and read twice (``step_work`` says more).  Element-wise work,
+dropout masks and the softmax are left out: a floor, not a model.  Beside
+it: the step's dense products as one-thread sgemm calls at their shapes,
+what a step built on BLAS pays for them.
 
 PyTorch is not a dependency of network3: ``--torch-python`` names an
 interpreter that has it (default: this one), so that network3 on one
@@ -294,8 +296,23 @@ def time_torch(name, steps, threads=None, warmup=100):
 
 #### The floor: products at the measured speed, bytes at the measured bandwidth
 def step_work(name):
-    """The matrix products (m, k, n) of one training step and the bytes it
-    must move (float32), with the working set those bytes live in."""
+    """What one training step must do, float32: its matrix products
+    ``(m, k, n, kept)`` (an (m, k) @ (k, n) product; ``kept``: the fraction
+    of its multiplications that a dropout mask on the layer's input leaves
+    to do), the bytes it must move (weights and activations) and the
+    working set they live in.
+
+    Products per layer: forward, the weights' gradient and (not for the
+    first layer, whose input needs no gradient) the input's gradient;
+    convolutions as their im2col products.  A masked input contributes
+    nothing to the forward product, its row of the weights' gradient is
+    zero and its gradient is not needed: with dropout p on the input, each
+    product needs (1 - p) of its multiplications.  Weights: read by the
+    forward product, then read and written once by the update, which can
+    give the input's gradient from the same read (per-example masks leave
+    almost every row in use by some example of a mini-batch of 10, so no
+    bytes are saved); each activation and its gradient: written once, read
+    twice."""
     products, weight_bytes, act_bytes, work_set = [], 0, 0, 0
     m = MINI_BATCH
     act_bytes += 2 * 4 * m * SIZE * SIZE  # the images: read twice
@@ -306,25 +323,22 @@ def step_work(name):
             filters, channels, size = a, b, c
             out = size - 4
             M, K = m * out * out, channels * 25  # im2col: (M, K) @ (K, filters)
-            products.append((M, K, filters))  # forward
-            products.append((filters, M, K))  # gradient of the weights
-            if not first:
-                products.append((M, filters, K))  # gradient of the input
+            shapes = [(M, K, filters), (filters, M, K)] + ([] if first else
+                                                             [(M, filters, K)])
+            kept = 1.0
             n_weights, n_bias = filters * K, filters
             outputs = m * filters * (out // 2) ** 2  # after pooling
         else:
-            products.append((m, a, b))
-            products.append((a, m, b))
-            if not first:
-                products.append((m, b, a))
+            shapes = [(m, a, b), (a, m, b)] + ([] if first else [(m, b, a)])
+            kept = 1.0 - c
             n_weights, n_bias = a * b, b
             outputs = m * b
-        # weights: forward read, backward read (input gradient), update r+w
-        weight_bytes += 4 * n_weights * (3 if first else 4) + 4 * n_bias * 3
-        # an activation and its gradient: each written once, read twice
-        act_bytes += 4 * outputs * 6
-        work_set += 4 * (2 * n_weights + 2 * n_bias + 2 * outputs)  # + gradients
-    return products, weight_bytes, act_bytes, work_set
+        products += [shape + (kept,) for shape in shapes]
+        weight_bytes += 3 * 4 * (n_weights + n_bias)
+        act_bytes += 6 * 4 * outputs
+        work_set += 4 * (n_weights + n_bias + 2 * outputs)
+    return {"products": products, "weight_bytes": weight_bytes,
+            "act_bytes": act_bytes, "working_set": work_set}
 
 
 def _best_time(fn, min_time=0.02, rounds=5):
@@ -370,8 +384,8 @@ def sgemm_time(m, k, n):
 
 
 def floor_worker(nets):
-    """Measured in this process, one BLAS thread: the bandwidth and product
-    times behind each network's floor."""
+    """Measured in this process, one BLAS thread: the bandwidths and product
+    speeds behind each network's floor."""
     try:
         from threadpoolctl import threadpool_info, threadpool_limits
         limit = threadpool_limits(limits=1)
@@ -385,39 +399,48 @@ def floor_worker(nets):
     peak = 2 * 1024 ** 3 / sgemm_time(1024, 1024, 1024)
     out = {"blas": blas, "large_bytes": large, "bw_large": bw_large[0],
            "sgemm_1024_flops": peak, "nets": {}}
-    cache = {}
+    times = {}
     for name in nets:
-        products, weight_bytes, act_bytes, work_set = step_work(name)
-        times = []
-        for shape in products:
-            if shape not in cache:
-                cache[shape] = sgemm_time(*shape)
-            times.append(cache[shape])
-        bw = bandwidth(work_set)[0]
-        moved = weight_bytes + act_bytes
+        work = step_work(name)
+        shapes = [p[:3] for p in work["products"]]
+        for shape in shapes:
+            if shape not in times:
+                times[shape] = sgemm_time(*shape)
+        bw = bandwidth(work["working_set"])[0]
+        moved = work["weight_bytes"] + work["act_bytes"]
         out["nets"][name] = {
-            "flops": sum(2 * m * k * n for m, k, n in products),
-            "products": len(products), "compute_s": sum(times),
-            "bytes": moved, "working_set": work_set, "bw": bw,
-            "memory_s": moved / bw}
+            "products": len(shapes),
+            "dense_flops": sum(2 * m * k * n for m, k, n in shapes),
+            "flops": sum(2 * m * k * n * kept for m, k, n, kept in work["products"]),
+            # what the step's products cost as BLAS calls at their shapes
+            "blas_s": sum(times[shape] for shape in shapes),
+            "bytes": moved, "working_set": work["working_set"], "bw": bw}
+    # the fastest product speed measured: the large product's or one of the
+    # steps' own shapes'
+    out["flop_rate"] = max([peak] + [2 * m * k * n / t for (m, k, n), t in times.items()])
     if limit is not None:
         limit.restore_original_limits()
     return out
 
 
 def best_floor(floors):
-    """The best of several floor measurements: the fastest products and the
-    highest bandwidths (a floor is the best case)."""
+    """The best of several floor measurements, and each network's floor from
+    it: the larger of its FLOPs at the fastest product speed measured and
+    its bytes at the highest bandwidth measured over its working set."""
     ok = [f for f in floors if "error" not in f]
     if not ok:
         return floors[0]
+    rate = max(f["flop_rate"] for f in ok)
     best = dict(ok[0], runs=len(ok), bw_large=max(f["bw_large"] for f in ok),
-                sgemm_1024_flops=max(f["sgemm_1024_flops"] for f in ok), nets={})
+                sgemm_1024_flops=max(f["sgemm_1024_flops"] for f in ok),
+                flop_rate=rate, nets={})
     for name in ok[0]["nets"]:
         runs = [f["nets"][name] for f in ok]
         bw = max(r["bw"] for r in runs)
-        best["nets"][name] = dict(runs[0], compute_s=min(r["compute_s"] for r in runs),
-                                  bw=bw, memory_s=runs[0]["bytes"] / bw)
+        net = dict(runs[0], blas_s=min(r["blas_s"] for r in runs), bw=bw,
+                   compute_s=runs[0]["flops"] / rate, memory_s=runs[0]["bytes"] / bw)
+        net["floor_s"] = max(net["compute_s"], net["memory_s"])
+        best["nets"][name] = net
     return best
 
 
@@ -662,40 +685,48 @@ def build_report(ctx, results, floor):
                      f"{_peak(r['jax'])} | {_peak(torch_runs)} |")
     if floor:
         lines += ["", "Where the time goes: ms per step, fastest runs, against the floor "
-                  "(the larger of the step's products at one-thread sgemm speed and "
-                  "its bytes at one-thread bandwidth):", ""]
+                  "(the larger of the step's FLOPs at the one-thread product speed and "
+                  "its bytes at the one-thread bandwidth; the model below the table):", ""]
         if "error" in floor:
             lines.append(f"floor: {floor['error']}")
         else:
-            lines += ["| net | products, MFLOP | compute floor ms (GFLOP/s) | bytes moved, "
-                      "MB (working set) | memory floor ms (GB/s) | floor ms | network3 | "
-                      "network3 JAX | PyTorch | network3 / floor | PyTorch / floor |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["| net | MFLOP needed (dense) | compute floor ms | bytes moved, MB "
+                      "(working set) | memory floor ms (GB/s) | floor ms | the products as "
+                      "BLAS calls, ms | network3 | network3 JAX | PyTorch | network3 / floor "
+                      "| PyTorch / floor |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             for name, r in results.items():
                 f = floor["nets"].get(name)
                 if not f:
                     continue
-                fl = max(f["compute_s"], f["memory_s"]) * 1e3
+                fl = f["floor_s"] * 1e3
                 n3 = _fastest(r["network3"])
                 tb = _fastest(r["torch1"] + r["torch"])
                 jx = _fastest(r["jax"])
                 lines.append(
-                    f"| {name} | {f['products']} products, {f['flops'] / 1e6:.1f} | "
-                    f"{f['compute_s'] * 1e3:.3f} ({f['flops'] / f['compute_s'] / 1e9:.0f}) | "
+                    f"| {name} | {f['flops'] / 1e6:.1f} ({f['dense_flops'] / 1e6:.1f}) | "
+                    f"{f['compute_s'] * 1e3:.3f} | "
                     f"{f['bytes'] / 1e6:.2f} ({f['working_set'] / 1e6:.2f}) | "
                     f"{f['memory_s'] * 1e3:.3f} ({f['bw'] / 1e9:.0f}) | {fl:.3f} | "
+                    f"{f['blas_s'] * 1e3:.3f} ({f['products']}) | "
                     f"{_cell(n3)} | {_cell(jx)} | {_cell(tb)} | {_times(n3, fl)} | "
                     f"{_times(tb, fl)} |")
-            lines += ["", "The floor's model: each matrix product of the step "
-                      "(convolutions as their im2col products; the first layer's input "
-                      "needs no gradient) timed as a one-thread numpy sgemm of its shape "
-                      "(2*m*n*k FLOPs each); the bytes the step must move: the weights "
-                      "read by the forward product and by the backward product, read and "
-                      "written by the update, each activation and its gradient written "
-                      "once and read twice, at the one-thread bandwidth (numpy sum or "
-                      "copy, the faster) over an array of the step's working set "
-                      "(weights, their gradients, activations). Element-wise work, "
-                      "dropout masks and the softmax are left out. The best of "
+            lines += ["", "The floor: the larger of the FLOPs the step needs at the fastest "
+                      f"one-thread product speed measured ({floor['flop_rate'] / 1e9:.0f} "
+                      "GFLOP/s) and the bytes it must move at the one-thread bandwidth "
+                      "(numpy sum or copy, the faster) over an array of the step's working "
+                      "set. FLOPs: 2*m*n*k for each product of the step (per layer: "
+                      "forward, the weights' gradient and, but for the first layer, the "
+                      "input's gradient; convolutions as their im2col products), times "
+                      "1 - p where dropout p masks the layer's input (a dropped input "
+                      "needs no multiplication); dense: without that. Bytes: the weights "
+                      "read by the forward product, then read and written once by an "
+                      "update that gives the input's gradient from the same read; each "
+                      "activation and its gradient written once and read twice. "
+                      "Element-wise work, dropout masks and the softmax are left out. "
+                      "'The products as BLAS calls': the step's dense products (their "
+                      "number in brackets) as one-thread numpy sgemm calls at their "
+                      "shapes, what a step built on BLAS pays for them. The best of "
                       f"{floor.get('runs', 1)} measurements, one thread (BLAS: "
                       f"{', '.join(floor['blas']) or 'unknown'}); for scale: bandwidth "
                       f"{floor['bw_large'] / 1e9:.1f} GB/s over "

@@ -81,17 +81,35 @@ def test_main_writes_the_report(tmp_path, monkeypatch):
 
 
 def test_floor_model_counts():
-    """The products and bytes of one step: 2*m*n*k FLOPs per product, three
-    products per layer but the first (its input needs no gradient)."""
-    products, weight_bytes, act_bytes, _ = benchmark.step_work("shallow")
-    assert products == [(10, 784, 100), (784, 10, 100), (10, 100, 10), (100, 10, 10),
-                        (10, 10, 100)]
-    # weights: read forward, (not first) read backward, read + written by the update
-    assert weight_bytes == 4 * (784 * 100 * 3 + 100 * 3 + 100 * 10 * 4 + 10 * 3)
-    products, *_ = benchmark.step_work("dbl_conv_relu")
-    flops = sum(2 * m * k * n for m, k, n in products)
+    """The products and bytes of one step: three products per layer but the
+    first (its input needs no gradient), 2*m*n*k FLOPs each, (1 - p) of
+    them under a dropout mask; the weights read once and updated once."""
+    work = benchmark.step_work("shallow")
+    assert work["products"] == [(10, 784, 100, 1.0), (784, 10, 100, 1.0),
+                                (10, 100, 10, 1.0), (100, 10, 10, 1.0), (10, 10, 100, 1.0)]
+    assert work["weight_bytes"] == 3 * 4 * (784 * 100 + 100 + 100 * 10 + 10)
+    products = benchmark.step_work("dbl_conv_relu")["products"]
+    flops = sum(2 * m * k * n * kept for m, k, n, kept in products)
     # conv 1: 10 x 20 x 24 x 24 outputs of 25 products, forward and weights'
     # gradient; conv 2: 10 x 40 x 8 x 8 of 500, three times
     conv = 2 * (2 * 10 * 20 * 576 * 25) + 3 * (2 * 10 * 40 * 64 * 500)
     fc = 3 * 2 * 10 * 640 * 100 + 3 * 2 * 10 * 100 * 10
     assert flops == conv + fc
+    products = benchmark.step_work("double_fc_dropout")["products"]
+    fc = sum(2 * m * k * n * kept for m, k, n, kept in products[5:])
+    assert fc == 0.5 * 3 * 2 * 10 * (640 * 1000 + 1000 * 1000 + 1000 * 10)
+
+
+def test_floor_from_measurements():
+    """best_floor: the fastest product speed and the highest bandwidth of
+    the runs; the floor is the larger of compute and memory."""
+    def run(rate, bw):
+        return {"blas": [], "large_bytes": 1, "bw_large": bw, "sgemm_1024_flops": rate,
+                "flop_rate": rate, "nets": {"n": {
+                    "products": 3, "dense_flops": 4e6, "flops": 2e6, "blas_s": 1e-3,
+                    "bytes": 1e6, "working_set": 1e6, "bw": bw}}}
+    best = benchmark.best_floor([run(1e11, 1e10), run(2e11, 5e9), {"error": "x"}])
+    net = best["nets"]["n"]
+    assert best["runs"] == 2 and best["flop_rate"] == 2e11
+    assert math.isclose(net["compute_s"], 1e-5) and math.isclose(net["memory_s"], 1e-4)
+    assert net["floor_s"] == net["memory_s"]
