@@ -105,18 +105,24 @@ def test_ensemble_votes_from_records_and_resumes(small, tmp_path, capsys):
 
 
 #### Run keys, records and the command line (no training)
-def test_a_failed_run_does_not_stop_the_others_here(tmp_path, monkeypatch, capsys):
-    """In this process too: the failed run's error is shown, the others are
-    recorded, and the command's exit status is 1."""
+def _train_failing_at_seed_1(error):
+    """experiments.train without training: a record for every seed but 1,
+    which raises ``error``."""
     def fake_train(spec, data=None, augment=None, report=None):
         if spec["seed"] == 1:
-            raise RuntimeError("the second run breaks")
+            raise error
         return {"experiment": spec["experiment"], "seed": spec["seed"],
                 "settings": spec["settings"], "config": {}, "run_id": spec["run_id"],
                 "test_accuracy": 0.5, "best_validation_accuracy": 0.5,
                 "wall_seconds": 1.0}, None
+    return fake_train
 
-    monkeypatch.setattr(experiments, "train", fake_train)
+
+def test_a_failed_run_does_not_stop_the_others_here(tmp_path, monkeypatch, capsys):
+    """In this process too: the failed run's error is shown, the others are
+    recorded, and the command's exit status is 1."""
+    monkeypatch.setattr(experiments, "train",
+                        _train_failing_at_seed_1(RuntimeError("the second run breaks")))
     out = tmp_path / "r.jsonl"
     assert conv.main(["shallow", "--runs", "3", "--no-save", "--out", str(out)]) == 1
     printed = capsys.readouterr().out
@@ -142,15 +148,8 @@ def test_help_prints_and_exits_without_importing_or_writing(tmp_path):
 
 def test_an_interrupted_command_leaves_no_record_of_the_unfinished_run(
         tmp_path, monkeypatch, capsys):
-    def fake_train(spec, data=None, augment=None, report=None):
-        if spec["seed"] == 1:
-            raise KeyboardInterrupt  # Ctrl-C during the second run
-        return {"experiment": spec["experiment"], "seed": spec["seed"],
-                "settings": spec["settings"], "config": {}, "run_id": spec["run_id"],
-                "test_accuracy": 0.5, "best_validation_accuracy": 0.5,
-                "wall_seconds": 1.0}, None
-
-    monkeypatch.setattr(experiments, "train", fake_train)
+    # Ctrl-C during the second run
+    monkeypatch.setattr(experiments, "train", _train_failing_at_seed_1(KeyboardInterrupt()))
     out = tmp_path / "r.jsonl"
     assert conv.main(["shallow", "--runs", "3", "--no-save", "--out", str(out)]) == 130
     printed = capsys.readouterr().out

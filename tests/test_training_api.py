@@ -124,6 +124,18 @@ def test_history_records_each_epoch(toy, capsys, monkeypatch):
     assert None in [h["test_accuracy"] for h in net.history]  # the check can tell
 
 
+def _assert_stopped_in_epoch_2_with_best_parameters(net, toy, capsys):
+    """After Ctrl-C in the second epoch: the summary printed, two epochs
+    recorded, and the network holds the better epoch's parameters."""
+    out = capsys.readouterr().out
+    assert "Training interrupted in epoch 2" in out
+    assert "Finished training network." in out
+    assert len(net.history) == 2
+    best = max(range(2), key=lambda e: (net.history[e]["validation_accuracy"], e))
+    assert net.accuracy(toy[1]) == pytest.approx(
+        net.history[best]["validation_accuracy"])
+
+
 def test_keyboard_interrupt_keeps_best_parameters_and_summary_then_propagates(
         toy, monkeypatch, capsys):
     compile_train = Network.train_mb_function
@@ -142,13 +154,7 @@ def test_keyboard_interrupt_keeps_best_parameters_and_summary_then_propagates(
     net = small_net()
     with pytest.raises(KeyboardInterrupt):  # it stops the caller, as the original
         net.SGD(toy[0], 10, 10, 0.5, toy[1], toy[2])
-    out = capsys.readouterr().out
-    assert "Training interrupted in epoch 2" in out
-    assert "Finished training network." in out
-    assert len(net.history) == 2
-    best = max(range(2), key=lambda e: (net.history[e]["validation_accuracy"], e))
-    assert net.accuracy(toy[1]) == pytest.approx(
-        net.history[best]["validation_accuracy"])
+    _assert_stopped_in_epoch_2_with_best_parameters(net, toy, capsys)
 
 
 def test_keyboard_interrupt_while_augmenting_keeps_best_parameters_and_summary(
@@ -165,13 +171,7 @@ def test_keyboard_interrupt_while_augmenting_keeps_best_parameters_and_summary(
     net = small_net()
     with pytest.raises(KeyboardInterrupt):
         net.SGD(toy[0], 5, 10, 0.5, toy[1], augment=augment)
-    out = capsys.readouterr().out
-    assert "Training interrupted in epoch 2" in out
-    assert "Finished training network." in out
-    assert len(net.history) == 2
-    best = max(range(2), key=lambda e: (net.history[e]["validation_accuracy"], e))
-    assert net.accuracy(toy[1]) == pytest.approx(
-        net.history[best]["validation_accuracy"])
+    _assert_stopped_in_epoch_2_with_best_parameters(net, toy, capsys)
 
 
 def test_divergence_stops_with_message_and_finite_parameters(toy, capsys):

@@ -35,7 +35,7 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
 from .. import numba_ops
-from ..numba_ops import nb_filter_major, nb_im2col
+from ..numba_ops import nb_batch_major, nb_col2im, nb_filter_major, nb_im2col
 from ..ops import im2col
 
 
@@ -134,31 +134,17 @@ def nb_conv2d_cols_batch(cols, w, B, F, oh, ow, K):
     kernels = np.ascontiguousarray(w).reshape(F, K)
     z = np.empty((F, B * oh * ow), cols.dtype)      # (F, B*oh*ow)
     nb_gemm(z, 1.0, kernels, cols[0], 0.0)  # numpy's BLAS (see _numpy_cblas)
-    z = z.reshape(F, B, oh * ow)
-    out = np.empty((B, F, oh * ow), cols.dtype)
-    for b in range(B):
-        for f in range(F):
-            for p in range(oh * ow):
-                out[b, f, p] = z[f, b, p]
-    return out.reshape(B, F, oh, ow)
+    return nb_batch_major(z, B, F, oh, ow)
 
 
 @inline
 def nb_conv2d_grad_inputs(gz, w, B, F, oh, ow, C, kh, kw):
+    """numba_ops' version with its product through nb_gemm (the transposed
+    kernels handed to BLAS as they are)."""
     kernels = np.ascontiguousarray(w).reshape(F, C * kh * kw)
     gcols = np.empty((C * kh * kw, B * oh * ow), gz.dtype)
     nb_gemm(gcols, 1.0, kernels.T, nb_filter_major(gz, B, F, oh, ow), 0.0)
-    gcols = gcols.reshape(C, kh, kw, B, oh, ow)
-    gx = np.zeros((B, C, oh + kh - 1, ow + kw - 1), gcols.dtype)
-    for c in range(C):                            # col2im
-        for u in range(kh):
-            for v in range(kw):
-                su, sv = kh - 1 - u, kw - 1 - v
-                for b in range(B):
-                    for i in range(oh):
-                        for j in range(ow):
-                            gx[b, c, i + su, j + sv] += gcols[c, u, v, b, i, j]
-    return gx
+    return nb_col2im(gcols, B, C, oh + kh - 1, ow + kw - 1, kh, kw)
 
 
 @inline
