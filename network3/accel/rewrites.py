@@ -22,6 +22,10 @@ a product into a fresh matrix and then an element-wise pass over it and w:
   share one ``Im2col``; ``local_blas_conv_grad_inputs`` sends the input
   gradient's product through the same BLAS binding.
 
+Two other modules add rewrites of their own, registered here: dense.py
+(fully connected layers at a small mini-batch) and pooled.py (a conv
+layer's gradients through max-pooling, from the nonzero ones).
+
 For the compile time of a first run (Numba compiles every node into a
 function of its own, PyTensor's versions of some into several nested ones
 with their error messages), one loop nest each, same arithmetic:
@@ -57,7 +61,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 from pytensor.tensor.type_other import NoneTypeT
 
 from ..ops import Conv2d, Conv2dGradInputs, Conv2dGradWeights
-from . import dense, kernels
+from . import dense, kernels, pooled
 from .kernels import (
     inner,
     nb_argmax_rows,
@@ -601,7 +605,8 @@ def numba_mode():
     the first time)."""
     register()
     rewrites = get_mode("NUMBA").register(
-        (_REWRITES, 48.5), (_AFTER_FUSION, 49.2), *dense.POSITIONS).provided_optimizer
+        (_REWRITES, 48.5), (_AFTER_FUSION, 49.2), *dense.POSITIONS,
+        *pooled.POSITIONS).provided_optimizer
     return Mode(linker=GraphLinker(), optimizer=rewrites)
 
 
@@ -833,6 +838,7 @@ NUMBA_FUNCTIONS = {
     Conv2dGradWeightsFromCols: _numba_funcify_conv2d_grad_weights_from_cols,
     BlasConv2dGradInputs: _numba_funcify_conv2d_grad_inputs,
     **dense.NUMBA_FUNCTIONS,  # the fully connected layers' Ops (dense.py)
+    **pooled.NUMBA_FUNCTIONS,  # conv gradients through max-pooling (pooled.py)
 }
 
 
