@@ -764,6 +764,9 @@ def parse_args(argv):
                         help="write the markdown there too (default: print only)")
     parser.add_argument("--append", action="store_true",
                         help="with --out: append to FILE instead of replacing it")
+    parser.add_argument("--record", metavar="FILE",
+                        help="append the run's figures to FILE as one JSON line "
+                        "(scripts/benchmark_table.py makes the README's table of them)")
     # one measurement in this process (what the main run starts)
     parser.add_argument("--worker", choices=["network3", "torch", "floor"],
                         help=argparse.SUPPRESS)
@@ -887,7 +890,31 @@ def run(args, raw):
                 f.write("\n")
             f.write(report)
         print(f"# written to {args.out}")
+    if args.record:
+        os.makedirs(os.path.dirname(os.path.abspath(args.record)), exist_ok=True)
+        with open(args.record, "a") as f:
+            f.write(json.dumps(record(ctx, results)) + "\n")
+        print(f"# recorded in {args.record}")
     return results
+
+
+def record(ctx, results):
+    """The run's figures, for scripts/benchmark_table.py: per network the
+    fastest network3, PyTorch (its faster thread setting) and JAX step in
+    ms, the speed-up and first calls in s (None where not measured)."""
+    nets = {}
+    for name, r in results.items():
+        n3, torch_best = _fastest(r["network3"]), _fastest(r["torch1"] + r["torch"])
+        nets[name] = dict(
+            settings=settings(name), network3_ms=n3, torch_ms=torch_best,
+            torch1_ms=_fastest(r["torch1"]), torch_default_ms=_fastest(r["torch"]),
+            jax_ms=_fastest(r["jax"]),
+            speedup=torch_best / n3 if n3 and torch_best else None,
+            cold_s=_fastest(r["cold"], "first_call_s"),
+            cached_s=_fastest(r["network3"], "first_call_s"))
+    keys = ("command", "date", "end", "commit", "network3", "torch", "jax", "cores",
+            "cpu", "load_start", "load_end", "load_range", "steps", "repeats")
+    return {**{k: ctx[k] for k in keys}, "nets": nets}
 
 
 if __name__ == "__main__":

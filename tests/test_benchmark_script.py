@@ -80,6 +80,36 @@ def test_main_writes_the_report(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["bench.md"]
 
 
+def test_record_and_the_readme_table(tmp_path, monkeypatch):
+    """--record appends one JSON line per run; benchmark_table.py writes the
+    newest commit's runs between the README's markers and keeps the rest."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs.jsonl"
+    args = ["--nets", "shallow", "--steps", "3", "--warmup", "1", "--repeats", "1",
+            "--no-torch", "--no-jax", "--no-cold", "--no-floor", "--record", str(runs)]
+    benchmark.main(args)
+    recorded = json.loads(runs.read_text())
+    shallow = recorded["nets"]["shallow"]
+    assert 0 < shallow["network3_ms"] < 1000 and shallow["speedup"] is None
+    # two more runs by hand: an older commit's (left out) and another Python's
+    old = dict(recorded, commit="1234567 (older)")
+    old["nets"] = {"shallow": dict(shallow, speedup=9.99)}
+    other = dict(recorded, network3="Python 3.13.0, PyTensor 3.3.8", date="later",
+                 end="18:00 UTC")
+    other["nets"] = {"shallow": dict(shallow, torch_ms=2 * shallow["network3_ms"],
+                                     speedup=2.0, cold_s=12.34, cached_s=1.0)}
+    runs.write_text("\n".join(json.dumps(r) for r in (old, recorded, other)) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# top\n<!-- performance:start -->\nold\n<!-- performance:end -->\nend\n")
+    table = importlib.import_module("benchmark_table")
+    table.main(["--runs", str(runs), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# top\n") and text.endswith("end\n") and "\nold\n" not in text
+    assert "9.99x" not in text  # the older commit's run
+    assert "| later to 18:00 | 3.13 |" in text and "| 2.00x |" in text
+    assert "network3 s/epoch, 3.11 / 3.13" in text and "12.3 s, 1.0 s" in text
+
+
 def test_floor_model_counts():
     """The products and bytes of one step: three products per layer but the
     first (its input needs no gradient), 2*m*n*k FLOPs each, (1 - p) of
