@@ -29,6 +29,7 @@ import importlib
 import os
 import sys
 import warnings
+import weakref
 
 import numpy as np
 import pytensor
@@ -161,6 +162,10 @@ def set_backend(name):
     if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
     _settings["backend"] = name
+    if backend() != "jax":
+        _to_host()
+    elif _ON_DEVICE:  # back on the device, as their JAX functions left them
+        _device_put(list(_ON_DEVICE))
 
 
 def backend():
@@ -281,6 +286,7 @@ def function(inputs, outputs, **kwargs):
     """``pytensor.function`` compiled with network3's chosen backend."""
     name = backend()
     if name != "jax":
+        _to_host()
         return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     with _quiet_jax():
         fn = pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
@@ -300,9 +306,24 @@ def to_device(*variables):
 def _device_put(containers):
     import jax
     for container in containers:
+        _ON_DEVICE.add(container)
         value = container.storage[0]
         if isinstance(value, np.ndarray):
             container.storage[0] = jax.device_put(value)
+
+
+# The JAX functions' input containers (shared variables among them), which
+# hold JAX arrays once _device_put or the functions' updates put them there.
+# Numba and C functions, and .eval(), need numpy arrays: _to_host copies
+# them back when another backend is chosen or compiles a function.
+_ON_DEVICE = weakref.WeakSet()
+
+
+def _to_host():
+    for container in list(_ON_DEVICE):
+        value = container.storage[0]
+        if not isinstance(value, np.ndarray) and hasattr(value, "__array__"):
+            container.storage[0] = np.array(value)  # a writable copy
 
 
 # Warnings PyTensor's JAX backend gives for every network3 graph, none of

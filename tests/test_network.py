@@ -440,6 +440,30 @@ def test_sgd_on_jax_backend_matches_numba(rng):
     assert numba_lines == jax_lines
 
 
+@pytest.mark.jax
+def test_shared_variables_are_numpy_again_after_leaving_jax(rng):
+    """A network trained on JAX keeps its parameters on the device; choosing
+    another backend gives numpy arrays back, which .eval(), get_value and
+    Numba functions take, and choosing JAX again trains on from there."""
+    data = shared(tiny_data(3 * M, rng))
+    network3.set_backend("jax")
+    network3.seed(11)
+    net = tiny_net()
+    run_sgd(net, data, 1, M, 0.1, data, data)
+    w = net.layers[0].w
+    assert not isinstance(w.get_value(borrow=True), np.ndarray)  # on the device
+    network3.set_backend("numba")
+    for value in (w.get_value(borrow=True), data[0].get_value(borrow=True)):
+        assert isinstance(value, np.ndarray) and value.flags.writeable
+    np.testing.assert_array_equal(w.eval(), w.get_value())
+    assert np.isfinite(backend.function([], (w ** 2).sum())())
+    network3.set_backend("jax")
+    assert not isinstance(data[0].get_value(borrow=True), np.ndarray)
+    run_sgd(net, data, 1, M, 0.1, data, data)
+    network3.set_backend(None)
+    assert isinstance(w.get_value(borrow=True), np.ndarray)
+
+
 def test_conv_network_trains_on_default_backend(rng):
     """A ConvPoolLayer and a dropout layer in one small network compile on
     the default backend and learn: every parameter moves."""
