@@ -1,9 +1,10 @@
 """benchmark_table.py: the README's performance table, from the runs that
 ``scripts/benchmark.py --record results/benchmark.jsonl`` recorded.
 
-Takes the runs of the newest recorded commit: one line per run (its hour,
-Python, load and speed-up per network), then the latest run of each Python
-in full.  Writes them between the README's performance markers, or prints
+Takes the runs that measured the same network3 package as the newest run
+(its commits' ``network3/`` folder, the same git tree): one line per run
+(its hour, Python, load and speed-up per network), then the latest run of
+each Python in full.  Writes them between the README's performance markers, or prints
 them with ``--print``:
 
     python scripts/benchmark_table.py
@@ -11,6 +12,7 @@ them with ``--print``:
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +27,17 @@ def load(path):
 
 def _commit(run):
     return run["commit"].split()[0]
+
+
+def _package(run):
+    """What the run measured: the git tree of network3/ at its commit (runs
+    of commits that changed other files measured the same package), or the
+    commit as recorded where git cannot tell (or the folder had changes)."""
+    if "as committed" not in run["commit"]:
+        return run["commit"]
+    found = subprocess.run(["git", "rev-parse", f"{_commit(run)}:network3"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return found or run["commit"]
 
 
 def _python(run):
@@ -48,8 +61,9 @@ def table(runs):
     """The markdown between the README's markers."""
     if not runs:
         raise SystemExit("no benchmark runs recorded")
-    commit = _commit(runs[-1])
-    runs = [r for r in runs if _commit(r) == commit]
+    package = _package(runs[-1])
+    runs = [r for r in runs if _package(r) == package]
+    commits = ", ".join(dict.fromkeys(_commit(r) for r in runs))
     nets = list(runs[-1]["nets"])
     latest = {}
     for run in runs:
@@ -64,9 +78,9 @@ def table(runs):
         "its default), interleaved in fresh processes, fastest of "
         f"{runs[-1]['repeats']}, on a shared {runs[-1]['cores']}-core machine "
         f"({runs[-1]['cpu']}); PyTorch: {torch}. "
-        "`python scripts/benchmark_table.py` wrote this from the runs of commit "
-        f"{commit}; results/benchmark.md has each run's full output (spreads, the "
-        "JAX backend, the floor).", "",
+        "`python scripts/benchmark_table.py` wrote this from the runs of commits "
+        f"{commits} (the same network3 package); results/benchmark.md has each "
+        "run's full output (spreads, the JAX backend, the floor).", "",
         "Speed-up per epoch over PyTorch, each run:", "",
         "| run | Python | load (1 min) | " + " | ".join(nets) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in nets) + " |"]
