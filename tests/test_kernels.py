@@ -187,37 +187,42 @@ def test_verify_grad(case, rng):
 
 
 #### a whole SGD step of the book's dbl_conv network
-def dbl_conv_step(conv, pool, backend, steps=3):
-    """Build dbl_conv (seed 1234) with the given conv and pool, take ``steps``
-    SGD steps, return the costs and the parameters."""
+def dbl_conv_step(conv, pool, backend, steps=3, activation_fn=None):
+    """Build dbl_conv (seed 1234; with ``activation_fn``, dbl_conv_relu's
+    layers with it) with the given conv and pool, take ``steps`` SGD steps
+    (eta 0.03, lmbda 0.1), return the costs, the parameters and the Op
+    classes of the compiled step."""
     from network3 import ConvPoolLayer, FullyConnectedLayer, Network, SoftmaxLayer
+    act = {} if activation_fn is None else {"activation_fn": activation_fn}
     original = ops.conv2d, ops.max_pool_2d
     ops.conv2d, ops.max_pool_2d = conv, pool
     try:
         network3.seed(1234)
         network3.set_backend(backend)
         net = Network([
-            ConvPoolLayer(image_shape=(10, 1, 28, 28), filter_shape=(20, 1, 5, 5)),
-            ConvPoolLayer(image_shape=(10, 20, 12, 12), filter_shape=(40, 20, 5, 5)),
-            FullyConnectedLayer(n_in=40 * 4 * 4, n_out=100),
+            ConvPoolLayer(image_shape=(10, 1, 28, 28), filter_shape=(20, 1, 5, 5), **act),
+            ConvPoolLayer(image_shape=(10, 20, 12, 12), filter_shape=(40, 20, 5, 5), **act),
+            FullyConnectedLayer(n_in=40 * 4 * 4, n_out=100, **act),
             SoftmaxLayer(n_in=100, n_out=10)], 10)
         rng = np.random.default_rng(0)
         x = rng.random((10 * steps, 784), dtype=np.float32)
         y = rng.integers(0, 10, 10 * steps).astype(np.int32)
         train = net.train_mb_function(pytensor.shared(x), pytensor.shared(y),
                                       0.03, 0.1, steps)
+        graph = [type(node.op) for node in train.maker.fgraph.apply_nodes]
         costs = [float(train(i)) for i in range(steps)]
-        return costs, [p.get_value() for p in net.params]
+        return costs, [p.get_value() for p in net.params], graph
     finally:
         ops.conv2d, ops.max_pool_2d = original
+        network3.set_backend(None)
 
 
 def test_dbl_conv_sgd_step_matches_pure_tensor_formulation():
     # the pure-tensor graph runs on the C backend (Numba would take minutes to
     # compile it; network3's JAX path cannot slice mini-batches by a variable)
-    costs, params = dbl_conv_step(ops.conv2d, ops.max_pool_2d, "numba")
-    ref_costs, ref_params = dbl_conv_step(ops.conv2d_reference,
-                                          ops.max_pool_2d_reference, "c")
+    costs, params, _ = dbl_conv_step(ops.conv2d, ops.max_pool_2d, "numba")
+    ref_costs, ref_params, _ = dbl_conv_step(ops.conv2d_reference,
+                                             ops.max_pool_2d_reference, "c")
     np.testing.assert_allclose(costs, ref_costs, rtol=1e-5)
     for p, r in zip(params, ref_params):
         assert p.dtype == np.float32

@@ -16,9 +16,9 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.compile.mode import Mode
+from test_kernels import dbl_conv_step
 
-import network3
-from network3 import ops
+from network3 import ReLU, ops
 from network3.accel import pooled, rewrites
 
 import references as ref
@@ -145,40 +145,12 @@ def test_ops_perform_for_other_backends(case, rng):
     assert_close(fn(x, w, z, p, gp), numpy_grads(case, x, w, gp, z), "float64")
 
 
-def _dbl_conv_relu_steps(conv, pool, backend, steps=3):
-    """Three SGD steps of the book's dbl_conv_relu (eta 0.03, lmbda 0.1,
-    seed 1234) with the given conv and pool: (costs, parameters)."""
-    from network3 import ConvPoolLayer, FullyConnectedLayer, Network, ReLU, SoftmaxLayer
-    original = ops.conv2d, ops.max_pool_2d
-    ops.conv2d, ops.max_pool_2d = conv, pool
-    try:
-        network3.seed(1234)
-        network3.set_backend(backend)
-        net = Network([
-            ConvPoolLayer(image_shape=(10, 1, 28, 28), filter_shape=(20, 1, 5, 5),
-                          activation_fn=ReLU),
-            ConvPoolLayer(image_shape=(10, 20, 12, 12), filter_shape=(40, 20, 5, 5),
-                          activation_fn=ReLU),
-            FullyConnectedLayer(n_in=40 * 4 * 4, n_out=100, activation_fn=ReLU),
-            SoftmaxLayer(n_in=100, n_out=10)], 10)
-        rng = np.random.default_rng(0)
-        x = rng.random((10 * steps, 784), dtype=np.float32)
-        y = rng.integers(0, 10, 10 * steps).astype(np.int32)
-        train = net.train_mb_function(pytensor.shared(x), pytensor.shared(y),
-                                      0.03, 0.1, steps)
-        graph = _ops(train)
-        costs = [float(train(i)) for i in range(steps)]
-        return costs, [p.get_value() for p in net.params], graph
-    finally:
-        ops.conv2d, ops.max_pool_2d = original
-        network3.set_backend("numba")
-
-
 def test_dbl_conv_relu_sgd_steps_match_pure_tensor_formulation():
-    costs, params, graph = _dbl_conv_relu_steps(ops.conv2d, ops.max_pool_2d, "numba")
+    costs, params, graph = dbl_conv_step(ops.conv2d, ops.max_pool_2d, "numba",
+                                         activation_fn=ReLU)
     assert all(op in graph for op in NEW_OPS)  # the second layer's
-    ref_costs, ref_params, _ = _dbl_conv_relu_steps(
-        ops.conv2d_reference, ops.max_pool_2d_reference, "c")
+    ref_costs, ref_params, _ = dbl_conv_step(
+        ops.conv2d_reference, ops.max_pool_2d_reference, "c", activation_fn=ReLU)
     np.testing.assert_allclose(costs, ref_costs, rtol=1e-5)
     for p, r in zip(params, ref_params):
         assert p.dtype == np.float32
