@@ -120,7 +120,7 @@ def _pool_gradient(gz):
 @node_rewriter([Conv2dGradWeights, Conv2dGradInputs])
 def local_pooled_conv_grads(fgraph, node):
     """Conv2dGradWeights(x, MaxPool2dGrad(z, pooled, gp))
-        ->  PooledConv2dGradWeights(x, z, pooled, gp)
+        ->  PooledConv2dGradWeights(Im2col(x), x, z, pooled, gp)
     Conv2dGradInputs(MaxPool2dGrad(z, pooled, gp), w)
         ->  PooledConv2dGradInputs(z, pooled, gp, w)
     (static shapes, one dtype, patch rows of at least MIN_ROW numbers)"""
