@@ -15,13 +15,25 @@ def test_vote_takes_the_most_common_label():
     np.testing.assert_array_equal(vote(predictions), [1, 3, 3, 9])
 
 
-def test_vote_breaks_ties_towards_the_lowest_label():
-    # 7, 7, 1, 1, 4: 7 and 1 tie with two votes each -> 1
-    assert vote([[7], [7], [1], [1], [4]]).tolist() == [1]
-    # two nets that disagree: the lower label, whichever net said it
-    assert vote([[5, 2], [2, 5]]).tolist() == [2, 2]
-    # all different: the lowest
-    assert vote([[8], [3], [6]]).tolist() == [3]
+def test_vote_breaks_ties_as_the_books_counter():
+    """The book's conv.py votes with ``Counter(p).most_common(1)[0][0]``:
+    among tied labels, the one that comes first in the nets' order."""
+    # 7, 1, 1, 7, 4: 7 and 1 tie with two votes each; 7 is said first
+    assert vote([[7], [1], [1], [7], [4]]).tolist() == [7]
+    assert vote([[1], [7], [7], [1], [4]]).tolist() == [1]
+    # two nets that disagree: the first net's label
+    assert vote([[5, 2], [2, 5]]).tolist() == [5, 2]
+    # all different: the first net's; a tie of a later pair does not win
+    assert vote([[8], [3], [6]]).tolist() == [8]
+    assert vote([[9], [2], [2], [9], [5]]).tolist() == [9]
+
+
+def test_vote_is_the_books_counter_most_common():
+    # 5 nets and 3 labels: many 2-2-1 ties, against the book's own rule
+    from collections import Counter
+    predictions = np.random.default_rng(0).integers(0, 3, (5, 2000))
+    book = [Counter(p).most_common(1)[0][0] for p in predictions.T.tolist()]
+    np.testing.assert_array_equal(vote(predictions), book)
 
 
 def test_vote_of_one_net_is_its_prediction():
@@ -95,7 +107,9 @@ def test_ensemble_accuracy_with_real_networks():
     result = ensemble_accuracy(nets, (x, y))
     np.testing.assert_array_equal(predict_all(nets, x), predictions)
     np.testing.assert_array_equal(result.labels, vote(predictions))
-    assert result.accuracy == np.mean(vote(predictions) == y)
+    # 1 - errors / N, the book's formula: equal to the fraction right up
+    # to rounding
+    assert result.accuracy == pytest.approx(np.mean(vote(predictions) == y))
 
 
 def test_ensemble_accuracy_names_a_length_mismatch():
