@@ -29,6 +29,10 @@ the book, ``SGD``'s keyword-only extras, all off by default:
   ``f(images, rng)``, e.g. ``network3.augment.Augment()``'s random
   translations, rotations, skews and elastic distortions; only one
   transformed copy is ever in memory.
+* ``checkpoint=path``: write the run's whole state to ``path`` at the end
+  of every epoch; when ``path`` exists, continue the run from it, exactly
+  as the uninterrupted run would have gone on (``checkpoint.py``).
+  ``net.resumed_from`` is then the first epoch this call trained.
 
 Each epoch's training cost, accuracies, learning rate and time are kept in
 ``net.history``.  Ctrl-C leaves the network with the best epoch's parameters
@@ -40,11 +44,13 @@ network in a file; the format is ``saving.py``'s.
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
+from . import checkpoint as checkpoints
 from . import saving
 from .backend import as_floatX, blas_threads, floatX, function, get_rng, to_device
 from .data import as_array
@@ -76,7 +82,8 @@ class Network:
     def SGD(self, training_data, epochs, mini_batch_size, eta,
             validation_data=None, test_data=None, lmbda=0.0, *,
             early_stopping=None, restore_best=False, progress=False,
-            shuffle=False, augment=None, momentum=0.0, monitor_training=False):
+            shuffle=False, augment=None, momentum=0.0, monitor_training=False,
+            checkpoint=None):
         """Train the network using mini-batch stochastic gradient descent.
 
         The book's arguments behave and print exactly as in the book; the
@@ -104,12 +111,22 @@ class Network:
                 self.test_mb_predictions = self._mb_function(
                     self.layers[-1].y_out, test, labels=False)
 
-        # Do the actual training
-        best_validation_accuracy, best_iteration, test_accuracy = 0.0, None, None
-        best_params = interrupt = None
+        # Do the actual training (from the checkpoint's next epoch, if any)
         record = _Record(self, early_stopping, training_data if monitor_training else None)
+        saver = None if checkpoint is None else _Checkpointer(
+            checkpoint, self, training, eta, record,
+            data={"training_data": training_data, "validation_data": validation_data,
+                  "test_data": test_data},
+            arguments={"epochs": epochs, "mini_batch_size": mini_batch_size, "eta": eta,
+                       "lmbda": lmbda, "early_stopping": early_stopping,
+                       "restore_best": restore_best, "shuffle": shuffle,
+                       "augment": augment, "momentum": momentum,
+                       "monitor_training": monitor_training})
+        first_epoch = 0 if saver is None else saver.resume(epochs)
+        self.resumed_from = first_epoch if first_epoch else None
+        interrupt = None
         with blas_threads():  # one BLAS thread: a mini-batch's products are small
-            for epoch in range(epochs):
+            for epoch in range(first_epoch, epochs):
                 snapshot = self._get_params()
                 try:  # Ctrl-C or a NaN cost anywhere in the epoch ends training
                     if self._start_epoch(epoch, eta, training, record) is None:
@@ -123,33 +140,34 @@ class Network:
                     validation_accuracy = np.mean(
                         [validate_mb_accuracy(j) for j in range(num_validation_batches)])
                     print(f"Epoch {epoch}: validation accuracy {validation_accuracy:.2%}")
-                    if validation_accuracy >= best_validation_accuracy:
+                    if validation_accuracy >= record.best_validation_accuracy:
                         print("This is the best validation accuracy to date.")
-                        best_validation_accuracy = validation_accuracy
-                        best_iteration, test_accuracy = iteration, None
-                        best_params = self._get_params()
+                        record.new_best(validation_accuracy, iteration, self._get_params())
                         if test is not None:
-                            test_accuracy = np.mean(
+                            record.test_accuracy = np.mean(
                                 [test_mb_accuracy(j) for j in range(num_test_batches)])
-                            print(f"The corresponding test accuracy is {test_accuracy:.2%}")
-                    record.end_epoch(validation_accuracy, test_accuracy,
-                                     is_best=best_iteration == iteration)
+                            print(f"The corresponding test accuracy is {record.test_accuracy:.2%}")
+                    record.end_epoch(validation_accuracy)
                 except (KeyboardInterrupt, _Diverged) as err:
                     interrupt = _stopped(err, epoch)
-                    self._set_params(best_params or snapshot)
+                    self._set_params(record.best_params or snapshot)
                     break
-                if record.stop_early():
+                stop = record.stop_early()
+                if saver is not None:  # the state at the end of this epoch, on disk
+                    saver.save(epoch, finished=stop or epoch == epochs - 1)
+                if stop:
                     break
-        if restore_best and best_params is not None:
-            self._set_params(best_params)
+        if restore_best and record.best_params is not None:
+            self._set_params(record.best_params)
         print("Finished training network.")
-        print(f"Best validation accuracy of {best_validation_accuracy:.2%} "
-              f"obtained at iteration {best_iteration}")
-        if test_accuracy is not None:
-            print(f"Corresponding test accuracy of {test_accuracy:.2%}")
-        self.best_validation_accuracy = float(best_validation_accuracy)
-        self.best_iteration = best_iteration
-        self.test_accuracy = None if test_accuracy is None else float(test_accuracy)
+        print(f"Best validation accuracy of {record.best_validation_accuracy:.2%} "
+              f"obtained at iteration {record.best_iteration}")
+        if record.test_accuracy is not None:
+            print(f"Corresponding test accuracy of {record.test_accuracy:.2%}")
+        self.best_validation_accuracy = float(record.best_validation_accuracy)
+        self.best_iteration = record.best_iteration
+        self.test_accuracy = None if record.test_accuracy is None else \
+            float(record.test_accuracy)
         if interrupt is not None:
             raise interrupt  # Ctrl-C stops the caller too, as it stopped the original
 
@@ -245,6 +263,9 @@ class Network:
         # new dropout masks every step (the generators' default updates do
         # this too; explicit updates make it independent of them)
         updates += rng_updates([cost])
+        # what the step changes besides the parameters (velocities, dropout
+        # streams): a checkpoint saves it
+        self.training_state = [var for var, _ in updates if var not in self.params]
         return function(
             [i], cost, updates=updates,
             givens={self.x: training_x[batch], self.y: training_y[batch]})
@@ -443,20 +464,28 @@ class _RewrittenEachEpoch(_Data):
 
 
 class _Record:
-    """What SGD keeps besides the book's best-so-far: each epoch's numbers
-    in ``net.history`` (learning rate, mean training cost, accuracies,
-    seconds), a check of each cost, and the early-stopping rule (no strict
-    improvement of the validation accuracy in ``early_stopping`` epochs).
-    With ``training_data``, also the accuracy on it each epoch."""
+    """What SGD keeps as it goes: the book's best so far (validation
+    accuracy, its iteration, the test accuracy then, and the parameters),
+    each epoch's numbers in ``net.history`` (learning rate, mean training
+    cost, accuracies, seconds), a check of each cost, and the
+    early-stopping rule (no strict improvement of the validation accuracy
+    in ``early_stopping`` epochs).  With ``training_data``, also the
+    accuracy on it each epoch."""
 
     def __init__(self, net, early_stopping, training_data=None):
         self.net, self.early_stopping = net, early_stopping
         self.training_data = training_data
+        self.best_validation_accuracy, self.best_iteration = 0.0, None
+        self.test_accuracy = self.best_params = None
         self.highest, self.improved_epoch = -np.inf, 0
         net.history = []
 
+    # what a checkpoint saves and restores (checkpoint.py)
+    STATE = ("best_validation_accuracy", "best_iteration", "test_accuracy",
+             "highest", "improved_epoch")
+
     def start_epoch(self, epoch, eta):
-        self.epoch, self.eta = epoch, eta
+        self.epoch, self.eta, self.is_best = epoch, eta, False
         self.start, self.total_cost, self.batches = time.perf_counter(), 0.0, 0
 
     def add_cost(self, cost, iteration):
@@ -467,17 +496,22 @@ class _Record:
         self.total_cost += cost
         self.batches += 1
 
-    def end_epoch(self, validation_accuracy, test_accuracy, is_best):
+    def new_best(self, validation_accuracy, iteration, params):
+        self.best_validation_accuracy = float(validation_accuracy)
+        self.best_iteration, self.best_params = iteration, params
+        self.test_accuracy, self.is_best = None, True
+
+    def end_epoch(self, validation_accuracy):
+        test_accuracy = self.test_accuracy if self.is_best else None
         record = {"epoch": self.epoch, "eta": float(self.eta),
                   "training_cost": self.total_cost / self.batches,
                   "validation_accuracy": float(validation_accuracy),
-                  "test_accuracy": float(test_accuracy)
-                  if is_best and test_accuracy is not None else None}
+                  "test_accuracy": None if test_accuracy is None else float(test_accuracy)}
         if self.training_data is not None:  # the caller's data, unaugmented
             record["training_accuracy"] = self.net.accuracy(self.training_data)
         if validation_accuracy > self.highest or self.epoch == 0:
             self.improved_epoch = self.epoch
-        self.highest = max(self.highest, validation_accuracy)
+        self.highest = float(max(self.highest, validation_accuracy))
         record["seconds"] = time.perf_counter() - self.start
         self.net.history.append(record)
 
@@ -488,6 +522,60 @@ class _Record:
             print(f"Early stopping: no improvement in {self.early_stopping} epochs.")
             return True
         return False
+
+
+class _Checkpointer:
+    """``SGD(checkpoint=path)``: write the run's state to ``path`` at the end
+    of each epoch (``save``), and continue a run from it (``resume``); the
+    format and what it holds are checkpoint.py's."""
+
+    def __init__(self, path, net, training, eta, record, data, arguments):
+        self.path, self.net, self.training = Path(path), net, training
+        self.eta, self.record = eta, record
+        self.signature = checkpoints.signature(net, data, arguments)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def resume(self, epochs):
+        """Restore the checkpoint's state, if the file exists; return the
+        epoch to train next (0 without a checkpoint, ``epochs`` when its run
+        had finished)."""
+        if not self.path.exists():
+            return 0
+        info, arrays = checkpoints.read(self.path)
+        problems = checkpoints.differences(info["signature"], self.signature)
+        if problems:
+            raise ValueError(
+                f"SGD: the checkpoint {self.path} is of another run; it differs in "
+                + "; ".join(problems)
+                + ".  Give another checkpoint path to start a new run.")
+        record = self.record
+        record.best_params = checkpoints.restore(
+            info, arrays, self.net, self.net.training_state)
+        for name in record.STATE:
+            setattr(record, name, info["record"][name])
+        self.net.history[:] = info["history"]
+        if info["training_rng"] is not None:
+            self.training.rng = checkpoints.generator_from_state(info["training_rng"])
+        checkpoints.set_schedule_state(self.eta, info["schedule"])
+        done = info["epoch"]
+        if info["finished"]:
+            print(f"Resuming from checkpoint {self.path}: the run finished after "
+                  f"epoch {done}; nothing left to train.")
+            return epochs
+        print(f"Resuming from checkpoint {self.path}: epochs 0-{done} done, "
+              f"continuing with epoch {done + 1}.")
+        return done + 1
+
+    def save(self, epoch, finished):
+        record, rng = self.record, getattr(self.training, "rng", None)
+        loop = {"epoch": epoch, "finished": bool(finished),
+                "record": {name: getattr(record, name) for name in record.STATE},
+                "best_params": record.best_params,
+                "history": self.net.history,
+                "training_rng": None if rng is None else checkpoints.generator_state(rng),
+                "schedule": checkpoints.schedule_state(self.eta)}
+        checkpoints.write(self.path, self.net, self.net.training_state, loop,
+                          self.signature)
 
 
 class _Diverged(Exception):

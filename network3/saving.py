@@ -107,6 +107,8 @@ def read(filename, activations=None):
     if "architecture" not in arrays:
         raise ValueError(f"{filename}: not a saved network3 network (no architecture)")
     spec = json.loads(str(arrays.pop("architecture")))
+    # a checkpoint (checkpoint.py) is a saved network plus the run's state
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("checkpoint_")}
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ValueError(f"{filename}: format is not {FORMAT!r}")
     layers = []

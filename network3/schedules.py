@@ -36,6 +36,10 @@ class HalveOnPlateau:
         self.eta = eta
         self._best, self._since_best, self._seen = -math.inf, 0, 0
 
+    def __repr__(self):  # its settings, not its state (a checkpoint compares it)
+        return (f"HalveOnPlateau(eta={self.eta0!r}, patience={self.patience!r}, "
+                f"floor={self.floor!r})")
+
     def __call__(self, epoch):
         if epoch == 0:  # a new SGD call starts a new history
             self.eta, self._best, self._since_best, self._seen = \
