@@ -27,6 +27,7 @@ import pickle
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -320,15 +321,13 @@ def download_mnist(dest_dir, mirrors=MIRRORS, timeout=30):
             except (urllib.error.URLError, OSError) as err:
                 errors.append(f"{url}: {getattr(err, 'reason', err)}")
                 continue
-            tmp = target.with_suffix(".gz.part")
-            tmp.write_bytes(payload)
             try:
-                verify_idx(tmp, name)
+                with atomic_file(target) as tmp:  # renamed into place once verified
+                    tmp.write_bytes(payload)
+                    verify_idx(tmp, name)
             except DataError as err:
-                tmp.unlink()
                 errors.append(f"{url}: {err}")
                 continue
-            os.replace(tmp, target)
             print(f"network3: downloaded {url}", file=sys.stderr)
             break
         else:
@@ -376,13 +375,38 @@ def save_data(data, filename):
 def atomic_file(path):
     """A temporary name beside ``path`` to write to; renamed to ``path``
     when the block ends without an error, so a reader never sees half a
-    file."""
-    tmp = path.with_name(path.name + ".part")
-    yield tmp
-    os.replace(tmp, path)
+    file.  The name is this writer's own: two processes building the same
+    file (Dask workers that both lack ``mnist.pkl.gz``) each write a whole
+    file, and the last rename wins.  The file is flushed to disk (fsync)
+    before the rename, and the folder after it, so that a crash leaves the
+    old file or the new one, never an empty one.  On an error the
+    temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # however the block wrote it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder):
+    # the rename itself is durable once the folder is synced (POSIX only:
+    # Windows cannot open a folder)
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path, payload):
+    """Write ``payload`` (bytes) to ``path`` through ``atomic_file``."""
     with atomic_file(path) as tmp:
         tmp.write_bytes(payload)
 

@@ -188,6 +188,73 @@ def test_save_data_round_trip(tmp_path, rng):
     assert not list(path.parent.glob("*.part"))
 
 
+# One writer of test_two_processes_build_the_same_file_at_once: it saves the
+# data set of seed 0 to argv[1], its training images pickled only once the
+# other writer is pickling too (each touches ready-<its name> and waits for
+# two), so that the two writes overlap; then it loads the file back.
+_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from network3 import data
+
+path, me = Path(sys.argv[1]), sys.argv[2]
+
+class Meeting:
+    def __init__(self, array):
+        self.array = array
+
+    def __reduce_ex__(self, protocol):  # pickled as the array, after the meeting
+        (path.parent / f"ready-{me}").touch()
+        deadline = time.monotonic() + 60
+        while len(list(path.parent.glob("ready-*"))) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other writer never started")
+            time.sleep(0.01)
+        return self.array.__reduce_ex__(protocol)
+
+rng = np.random.default_rng(0)
+sets = [(rng.integers(0, 256, (n, 784)).astype(np.float32) / np.float32(256),
+         rng.integers(0, 10, n).astype(np.int64)) for n in (2000, 30, 20)]
+data.save_data([(Meeting(sets[0][0]), sets[0][1]), *sets[1:]], path)
+got = data.load_data(path)
+assert all((g[0] == w[0]).all() and (g[1] == w[1]).all() for g, w in zip(got, sets))
+print("whole")
+"""
+
+
+def test_two_processes_build_the_same_file_at_once(tmp_path):
+    """Two processes save the same data file at the same moment (Dask
+    workers of one machine that both lack mnist.pkl.gz): each writes a
+    temporary file of its own, and both end with a whole, valid file."""
+    import subprocess
+    import sys
+    path = tmp_path / "mnist.pkl.gz"
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name in ("a", "b")]
+    results = [writer.communicate(timeout=120) for writer in writers]
+    assert [w.returncode for w in writers] == [0, 0], results
+    assert [out for out, _ in results] == ["whole\n", "whole\n"]
+    assert sorted(p.name for p in tmp_path.glob("ready-*")) == ["ready-a", "ready-b"]
+    rng = np.random.default_rng(0)
+    want = tuple((rng.integers(0, 256, (n, 784)).astype(np.float32) / np.float32(256),
+                  rng.integers(0, 10, n).astype(np.int64)) for n in (2000, 30, 20))
+    assert_same_data(n3data.load_data(path), want)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_atomic_file_leaves_nothing_when_the_write_fails(tmp_path):
+    path = tmp_path / "net.npz"
+    path.write_bytes(b"the earlier file")
+    with pytest.raises(RuntimeError, match="half way"):
+        with n3data.atomic_file(path) as tmp:
+            tmp.write_bytes(b"half a ")
+            raise RuntimeError("half way")
+    assert path.read_bytes() == b"the earlier file"
+    assert [p.name for p in tmp_path.iterdir()] == ["net.npz"]
+
+
 class _System:
     def __init__(self, command):
         self.command = command
