@@ -89,14 +89,16 @@ def test_corrected_init_uses_he_for_relu_layers():
 
 
 def test_ensemble_votes_from_records_and_resumes(small, tmp_path, capsys):
-    """Two members, then a third in another call (the first two are skipped
-    and loaded): the vote is taken from the records' test predictions and
-    equals network3.ensemble's vote of the nets."""
+    """The command line's ensemble (conv.run_ensemble; the book's
+    ensemble(nets) is test_book_conv's): two members, then a third in
+    another call (the first two are skipped and loaded): the vote is taken
+    from the records' test predictions and equals network3.ensemble's vote
+    of the nets."""
     out = tmp_path / "ensemble.jsonl"
-    nets, result = conv.ensemble(runs=2, epochs=1, data=small, out=out)
+    nets, result = conv.run_ensemble(runs=2, epochs=1, data=small, out=out)
     assert len(nets) == 2
     assert "Ensemble of 2 nets (of 2 asked for)" in capsys.readouterr().out
-    nets, result = conv.ensemble(runs=3, epochs=1, data=small, out=out)
+    nets, result = conv.run_ensemble(runs=3, epochs=1, data=small, out=out)
     assert len(nets) == 3 and len(experiments.read_records(out)) == 3
     expected = ensemble_accuracy(nets, small[2])
     assert result.accuracy == expected.accuracy
