@@ -19,6 +19,7 @@ initial weights come from numpy's global generator unless ``network3.seed``
 was called.
 """
 
+import math
 import warnings
 
 import numpy as np
@@ -433,17 +434,52 @@ def dropout_layer(layer, p_dropout):
     probability 1 - p_dropout.  Each call makes its own random stream,
     seeded from network3's generator (``network3.seed``).  Every call of a
     function compiled from a graph that uses the mask draws a new one, with
-    no update passed (as Theano's ``RandomStreams`` did)."""
+    no update passed (as Theano's ``RandomStreams`` did).
+
+    The mask is numpy's integer draws and integer arithmetic, so that every
+    engine (PyTensor's Python, C and Numba modes, network3's accelerator)
+    makes the same mask from the same generator.  ``rng.integers(0, 2**30)``
+    is 30 random bits.  Where 1 - p_dropout = k / 2**m (m <= 16: dropout's
+    0.5 is 1 / 2), each unit takes the next m bits of a draw, 30 // m units
+    a draw, and is kept where they are below k; otherwise each unit takes a
+    draw of its own and is kept where it is below (1 - p_dropout) * 2**30,
+    rounded up.  (JAX draws its own numbers, from a key made from the
+    generator, and makes its masks from them the same way.)"""
     if p_dropout == 0:
         return layer  # no mask at all: drawing one would cost 7x the step
     rng = pytensor.shared(
         np.random.default_rng(get_rng().integers(2**63)), name="dropout_rng")
-    # the mask's node also outputs the generator's next state; every
-    # function compiled with the mask stores it back into rng
-    next_rng, mask = pt.random.bernoulli(
-        1 - p_dropout, size=layer.shape, rng=rng, return_next_rng=True)
+    k, m = _keep_bits(1.0 - p_dropout)
+    per_draw = DRAW_BITS // m
+    static = None not in layer.type.shape  # then the sizes are constants
+    shape = layer.type.shape if static else layer.shape
+    n = int(np.prod(shape)) if static else pt.prod(shape)
+    # the draws' node also outputs the generator's next state; every
+    # function compiled with the mask stores it back into rng (int32: JAX's
+    # default integers, as wide as the draws need)
+    next_rng, draws = pt.random.integers(
+        0, 2**DRAW_BITS, size=((n + per_draw - 1) // per_draw,), rng=rng,
+        dtype="int32", return_next_rng=True)
     advance_on_every_call(rng, next_rng)
-    return layer * pt.cast(mask, layer.dtype)
+    # (draws, per_draw): each draw's m-bit numbers, lowest bits first
+    shifts = (2 ** (m * np.arange(per_draw))).astype(np.int32)
+    chunks = (draws[:, None] // shifts) % np.int32(2**m)
+    keep = chunks.flatten()[:n].reshape(shape) < k
+    return layer * pt.cast(keep, layer.dtype)
+
+
+# A dropout draw's random bits: numpy's integers(0, 2**30) is the top 30
+# bits of one 32-bit draw, in every engine; JAX's fit its 32-bit integers
+DRAW_BITS = 30
+
+
+def _keep_bits(keep):
+    """(k, m) with keep = k / 2**m for the smallest m <= 16, else (the
+    smallest k with k / 2**30 >= keep, 30)."""
+    for m in range(1, 17):
+        if keep * 2**m == int(keep * 2**m):
+            return int(keep * 2**m), m
+    return math.ceil(keep * 2**DRAW_BITS), DRAW_BITS
 
 
 # PyTensor (3.0 and 3.3 alike) deprecates setting default_update, the

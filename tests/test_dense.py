@@ -21,8 +21,11 @@
 * where w is no shared variable the update is not in place (w unchanged);
   where the input gradient has another use it is not masked; products of
   sizes the kernels are not for stay with OpenBLAS;
-* dropout masks from random bits (p = 0.5, 0.75): new ones every call, the
-  right mean, the same in Numba as in numpy; p = 0.8 keeps PyTensor's.
+* dropout masks (layers.dropout_layer's definition) drawn by one loop
+  (p_dropout 0.5, 0.25 and 0.2, sizes that fill the last draw and sizes
+  that do not): new ones every call, the right mean, the masks and the
+  generator's next state those of numpy's draws (an independent numpy
+  reference) and of PyTensor's Python and stock Numba modes.
 """
 
 import numpy as np
@@ -158,7 +161,7 @@ def _mode(linker, with_dense, monkeypatch):
         if not with_dense:  # (the same dropout masks: those rewritten both times)
             patch.setattr(dense, "POSITIONS", tuple(
                 (rewrite, position) for rewrite, position in dense.POSITIONS
-                if rewrite is dense.MASKS))
+                if rewrite in (dense.MASKS, dense.INPLACE_MASKS)))
         mode = rewrites.numba_mode()
     if linker == "py":
         mode = mode.excluding("introduce_explicit_core_shape_rv")
@@ -177,8 +180,8 @@ def test_the_books_graph_is_rewritten_and_computes_the_same(monkeypatch, numba_b
     assert len(updates) == 2
     assert all(op.inplace and op.masked and op.grad and not op.sumsq for op in updates)
     assert sum(isinstance(op, dense.DenseForward) for op in ops) == 2
-    assert sum(op == dense.BernoulliBits(1, 1, (10, 1000)) for op in ops) == 2
-    assert sum(op == dense.BernoulliBits(1, 1, (10, 640)) for op in ops) == 1
+    assert sum(op == dense.DropoutBits(1, 1, (10, 1000), True) for op in ops) == 2
+    assert sum(op == dense.DropoutBits(1, 1, (10, 640), True) for op in ops) == 1
     # the softmax layer's 1000 x 10 weights: BLAS, as before
     assert sum(isinstance(op, Gemm) for op in ops) == 1
     assert sum(type(op) is Dot22 for op in ops) == 2  # its forward and input gradient
@@ -245,28 +248,53 @@ def test_products_the_kernels_are_not_for_stay_with_blas():
     assert ops.count(Dot22) == 4 and ops.count(dense.DenseForward) == 1
 
 
-@pytest.mark.parametrize("p, bits", [(0.5, (1, 1)), (0.75, (3, 2)), (0.8, None)])
-def test_dropout_masks_from_random_bits(p, bits):
-    """bernoulli(p) with p = k / 2**m becomes BernoulliBits(k, m): a new
-    mask every call, each number 1 with probability p (within 5 standard
-    deviations over 200,000 numbers), the same masks in Numba as in numpy
-    (``perform``) from the same generator; other p keep PyTensor's."""
-    rng = pytensor.shared(np.random.default_rng(5))
-    next_rng, mask = pt.random.bernoulli(np.float32(p), size=(20, 1000), rng=rng,
-                                         return_next_rng=True)
-    fn = pytensor.function([], mask, updates=[(rng, next_rng)], mode=rewrites.numba_mode())
-    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
-    if bits is None:
-        assert not any(isinstance(op, dense.BernoulliBits) for op in ops)
-        return
-    assert dense.BernoulliBits(*bits, (20, 1000)) in ops
-    state = rng.get_value().bit_generator.state
-    masks = np.array([fn() for _ in range(10)])
-    assert masks.dtype == np.int64 and set(np.unique(masks)) == {0, 1}
-    assert not any(np.array_equal(masks[0], m) for m in masks[1:])
-    assert abs(masks.mean() - p) < 5 * np.sqrt(p * (1 - p) / masks.size)
+def _numpy_masks(state, p_dropout, shape, calls):
+    """layers.dropout_layer's masks, ``calls`` of them, from a generator in
+    ``state``, in numpy: 30 bits a draw, m bits a unit, lowest first."""
+    keep = 1 - p_dropout
+    k, m = next(((int(keep * 2**m), m) for m in range(1, 17) if keep * 2**m == int(keep * 2**m)),
+                (int(np.ceil(keep * 2**30)), 30))
     generator = np.random.default_rng()
     generator.bit_generator.state = state
-    storage = [[None], [None]]
-    dense.BernoulliBits(*bits, (20, 1000)).perform(None, [generator, None], storage)
-    np.testing.assert_array_equal(storage[1][0], masks[0])
+    n, per = int(np.prod(shape)), 30 // m
+    masks = []
+    for _ in range(calls):
+        draws = generator.integers(0, 2**30, -(-n // per))
+        bits = (draws[:, None] >> (m * np.arange(per))) & (2**m - 1)
+        masks.append((bits.ravel()[:n] < k).reshape(shape))
+    return masks, generator.bit_generator.state
+
+
+@pytest.mark.parametrize("p_dropout, shape, bits", [
+    (0.5, (10, 1000), (1, 1)), (0.25, (10, 30), (3, 2)), (0.2, (3, 7), (858993460, 30))])
+def test_dropout_masks_are_drawn_in_one_loop_as_layers_defines_them(p_dropout, shape, bits):
+    """The accelerator's masks against numpy's draws, and against the same
+    graph in PyTensor's Python and stock Numba modes: the same masks and
+    the same next state of the generator, a new mask every call, kept with
+    probability 1 - p_dropout (within 5 standard deviations)."""
+    from pytensor.compile.mode import get_mode
+
+    from network3.layers import dropout_layer
+    x = pt.matrix("x", dtype="float32", shape=shape)
+    ones = np.ones(shape, np.float32)
+    results = {}
+    for name, mode in (("accelerator", rewrites.numba_mode()), ("numba", get_mode("NUMBA")),
+                       ("python", Mode(linker="py", optimizer=None))):
+        network3.seed(3)
+        masked = dropout_layer(x, p_dropout)
+        (stream,) = [v for v in pytensor.graph.graph_inputs([masked])
+                     if isinstance(v, pytensor.compile.SharedVariable)]
+        state = stream.get_value().bit_generator.state
+        fn = pytensor.function([x], pt.neq(masked, 0), mode=mode)
+        results[name] = ([fn(ones) for _ in range(20)], stream.get_value().bit_generator.state,
+                         [node.op for node in fn.maker.fgraph.apply_nodes])
+    masks, end = _numpy_masks(state, p_dropout, shape, 20)
+    assert dense.DropoutBits(*bits, shape, inplace=True) in results["accelerator"][2]
+    assert not any(isinstance(op, dense.DropoutBits) for op in results["numba"][2])
+    for name, (drawn, state_after, _) in results.items():
+        np.testing.assert_array_equal(drawn, masks, err_msg=name)
+        assert state_after == end, name
+    drawn = np.array(masks)
+    assert not any(np.array_equal(drawn[0], other) for other in drawn[1:])
+    keep = 1 - p_dropout
+    assert abs(drawn.mean() - keep) < 5 * np.sqrt(keep * p_dropout / drawn.size)

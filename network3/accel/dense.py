@@ -38,10 +38,11 @@ in a row (so that its accumulators stay in registers), the widths static.
 docs/performance.md has each node's time against OpenBLAS's, with how it
 was measured.
 
-Dropout masks (``BernoulliBits``): PyTensor's Numba Bernoulli draws a
-float64 for each number of the mask; for p = k / 2**m (dropout's 0.5),
-``local_bernoulli_bits`` draws them m bits at a time, 53 // m numbers from
-one float64, the same distribution exactly, from the same generator.
+Dropout masks (``DropoutBits``): layers.dropout_layer defines a mask as
+numpy's integer draws and integer arithmetic on them (30 random bits a
+draw, m bits a unit), which PyTensor runs as a random variable and half a
+dozen array operations; ``local_dropout_bits`` makes them one loop that
+draws the same numbers from the same generator and gives the same mask.
 
 The rewrites, after rewrites.py's (which make the update a ``Gemm`` and the
 products ``Dot22``): ``local_dense_update`` replaces an update ``gemm(w,
@@ -52,11 +53,12 @@ use, when that is a product) and ``sum_of_squares(w)`` where the graph has
 them; ``local_inplace_dense_update`` makes it update w in place where
 PyTensor's destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
 ``local_dense_forward`` replaces ``dot22(x, w)`` of such shapes (w not a
-transposed view); ``local_bernoulli_bits`` the masks.  ``POSITIONS`` says
+transposed view); ``local_dropout_bits`` the masks.  ``POSITIONS`` says
 where each runs among PyTensor's rewrites; rewrites.py registers them.
 """
 
 import contextlib
+import copy
 import hashlib
 from pathlib import Path
 
@@ -72,7 +74,9 @@ from pytensor.graph.traversal import ancestors
 from pytensor.scalar import basic as ps
 from pytensor.tensor.blas import Dot22, Gemm, gemm_no_inplace
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
-from pytensor.tensor.random.basic import BernoulliRV
+from pytensor.tensor.random.basic import IntegersRV
+from pytensor.tensor.shape import Reshape
+from pytensor.tensor.subtensor import Subtensor
 
 from . import kernels
 from .kernels import inner
@@ -299,61 +303,114 @@ def local_dense_forward(fgraph, node):
 
 
 #### Dropout masks from random bits
-class BernoulliBits(Op):
-    """(rng, size) -> (rng, mask): an int64 mask of shape ``shape``, each
-    number 1 with probability k / 2**m, drawn from the generator rng in
-    place, m bits each: a float64 of ``rng.random()`` is 53 random bits
-    (``(next_uint64 >> 11) * 2**-53``), enough for 53 // m numbers.  For
-    dropout's p = 0.5 (k = m = 1), 53 numbers a draw, where PyTensor's
-    Bernoulli draws one for each (and compares it with p)."""
+class DropoutBits(Op):
+    """rng -> (rng, keep): layers.dropout_layer's mask of shape ``shape``,
+    drawn as it defines it (``DRAW_BITS`` bits a draw of
+    ``rng.integers(0, 2**DRAW_BITS)``, each unit the next m bits, kept where
+    they are below k; the last draw's unused bits are dropped), in one loop,
+    from the generator rng (in place with ``inplace``)."""
 
-    __props__ = ("k", "m", "shape")
-    destroy_map = {0: [0]}
+    __props__ = ("k", "m", "shape", "inplace")
 
-    def __init__(self, k, m, shape):
+    def __init__(self, k, m, shape, inplace=False):
         self.k, self.m, self.shape = int(k), int(m), tuple(int(n) for n in shape)
+        self.inplace = bool(inplace)
+        if self.inplace:
+            self.destroy_map = {0: [0]}
 
-    def make_node(self, rng, size):
-        mask = pt.tensor(dtype="int64", shape=self.shape)
-        return Apply(self, [rng, pt.as_tensor_variable(size)], [rng.type(), mask])
+    def make_node(self, rng):
+        return Apply(self, [rng], [rng.type(), pt.tensor(dtype="bool", shape=self.shape)])
 
     def perform(self, node, inputs, outputs):
-        rng = inputs[0]
-        n, per = int(np.prod(self.shape)), 53 // self.m
-        words = (rng.random((n + per - 1) // per) * 2.0 ** 53).astype(np.int64)
-        chunks = (words[:, None] >> (self.m * np.arange(per))) & ((1 << self.m) - 1)
+        rng = inputs[0] if self.inplace else copy.deepcopy(inputs[0])
+        n, per = int(np.prod(self.shape)), DRAW_BITS // self.m
+        draws = rng.integers(0, 2**DRAW_BITS, (n + per - 1) // per)
+        chunks = (draws[:, None] >> (self.m * np.arange(per))) & ((1 << self.m) - 1)
         outputs[0][0] = rng
-        outputs[1][0] = (chunks.ravel()[:n] < self.k).astype(np.int64).reshape(self.shape)
+        outputs[1][0] = (chunks.ravel()[:n] < self.k).reshape(self.shape)
+
+    def infer_shape(self, *args):  # PyTensor 3.0: (fgraph, node, shapes); 3.3: (node, shapes)
+        return [None, self.shape]
 
 
-def _dyadic(p, most_bits=16):
-    """(k, m) with p = k / 2**m exactly, m at most ``most_bits`` (the
-    smallest m), or None."""
-    for m in range(1, most_bits + 1):
-        k = p * 2 ** m
-        if k == int(k):
-            return int(k), m
-    return None
+DRAW_BITS = 30  # layers.DRAW_BITS (this package reads the front, not the reverse)
 
 
-@node_rewriter([BernoulliRV])
-def local_bernoulli_bits(fgraph, node):
-    """An in-place bernoulli(p, size) with a constant p of the form k / 2**m
-    (m <= 16: dropout's 0.5, 0.75, ...) and a constant size  ->
-    BernoulliBits(k, m, size)(rng, size): the same distribution, exactly"""
+def _constant(var):
+    """The value of a constant, seen through DimShuffles (numpy), or None."""
+    while var.owner is not None and isinstance(var.owner.op, DimShuffle):
+        var = var.owner.inputs[0]
+    return np.asarray(var.data) if isinstance(var, Constant) else None
+
+
+def _only_client(fgraph, var, op_class):
+    """var's one client node, if it is an ``op_class`` node (Elemwise:
+    of that scalar op), else None."""
+    clients = fgraph.clients[var]
+    if len(clients) != 1:
+        return None
+    node = clients[0][0]
+    op = node.op.scalar_op if isinstance(node.op, Elemwise) else node.op
+    return node if isinstance(op, op_class) else None
+
+
+@node_rewriter([IntegersRV])
+def local_dropout_bits(fgraph, node):
+    """layers.dropout_layer's mask, as it builds it (before PyTensor's
+    canonicalisation, which rewrites it differently for different sizes),
+    its sizes constants:
+
+        draws = integers(rng, size=(W,), 0, 2**DRAW_BITS), int32
+        shifts = 2 ** (m * arange(per)), per = DRAW_BITS // m
+        lt(reshape(flatten((draws[:, None] // shifts) % 2**m)[:n], shape), k)
+
+    ->  DropoutBits(k, m, shape)(rng): the same numbers, from the same
+    draws.  Each step must be the only use of the one before (else the
+    draws would be made twice); any other form is left as it is (the same
+    numbers, slower)."""
+    rng, size, low, high = node.inputs
+    values = [_constant(v) for v in (size, low, high)]
+    if node.outputs[1].type.dtype != "int32" or any(v is None for v in values):
+        return None
+    size, low, high = values
+    if size.shape != (1,) or np.any(low != 0) or np.any(high != 2**DRAW_BITS):
+        return None
+    steps = {}
+    var = node.outputs[1]
+    for name, op_class in (("column", DimShuffle), ("divide", ps.IntDiv), ("modulo", ps.Mod),
+                           ("flat", Reshape), ("cut", Subtensor), ("reshape", Reshape),
+                           ("less", ps.LT)):
+        step = _only_client(fgraph, var, op_class)
+        if step is None or step.inputs[0] is not var:
+            return None
+        steps[name], var = step, step.outputs[0]
+    shifts, base, k = (_constant(steps[name].inputs[1]) for name in ("divide", "modulo", "less"))
+    if shifts is None or base is None or k is None or base.size != 1 or k.size != 1:
+        return None
+    m = int(base.ravel()[0]).bit_length() - 1
+    per = DRAW_BITS // max(m, 1)
+    shape = steps["reshape"].outputs[0].type.shape
+    cut = steps["cut"].op.idx_list
+    if (steps["column"].op.new_order != (0, "x") or not 1 <= m <= DRAW_BITS
+            or base.ravel()[0] != 2**m
+            or shifts.ravel().tolist() != [2 ** (m * t) for t in range(per)]
+            or steps["flat"].outputs[0].type.ndim != 1 or None in shape
+            or len(cut) != 1 or not isinstance(cut[0], slice) or cut[0].start is not None
+            or cut[0].step is not None or _constant(steps["cut"].inputs[1]) != np.prod(shape)
+            or int(size[0]) != -(-int(np.prod(shape)) // per)):
+        return None
+    next_rng, keep = DropoutBits(int(k.ravel()[0]), m, shape)(rng, return_list=True)
+    return {node.outputs[0]: next_rng, var: keep}
+
+
+@node_rewriter([DropoutBits])
+def local_inplace_dropout_bits(fgraph, node):
+    """DropoutBits  ->  DropoutBits(inplace=True), where PyTensor's destroy
+    handler allows it (as its random_make_inplace does for random variables)"""
+    if node.op.inplace:
+        return None
     op = node.op
-    if not op.inplace:
-        return None
-    size, params = op.size_param(node), op.dist_params(node)
-    mask = node.outputs[1]
-    if not (isinstance(size, Constant) and len(params) == 1 and isinstance(params[0], Constant)
-            and mask.type.dtype == "int64" and None not in mask.type.shape):
-        return None
-    values = np.unique(np.asarray(params[0].data, dtype=np.float64))
-    dyadic = _dyadic(float(values[0])) if len(values) == 1 and 0 < values[0] < 1 else None
-    if dyadic is None or tuple(size.data) != mask.type.shape:
-        return None
-    return BernoulliBits(*dyadic, mask.type.shape)(op.rng_param(node), size, return_list=True)
+    return DropoutBits(op.k, op.m, op.shape, inplace=True)(*node.inputs, return_list=True)
 
 
 # After rewrites.py's rewrites (48.5), which make the gemm and the Dot22
@@ -363,10 +420,14 @@ FUSE = dfs_rewriter(local_dense_update, name="network3_dense_update")
 FORWARD = dfs_rewriter(local_dense_forward, name="network3_dense_forward")
 # After PyTensor's destroy handler is added (49.5), as its InplaceBlasOpt (50.2)
 INPLACE = dfs_rewriter(local_inplace_dense_update, name="network3_dense_inplace")
-# After PyTensor makes random variables draw in place (50.9), before it
-# wraps them for Numba (100)
-MASKS = dfs_rewriter(local_bernoulli_bits, name="network3_bernoulli_bits")
-POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (INPLACE, 50.3), (MASKS, 51.0))
+# Right after PyTensor's first merge (0), before its canonicalisation (1)
+# rewrites the mask's arithmetic (differently for different sizes); in place
+# after its destroy handler is added (49.5), where it makes its random
+# variables draw in place (50.9)
+MASKS = dfs_rewriter(local_dropout_bits, name="network3_dropout_bits")
+INPLACE_MASKS = dfs_rewriter(local_inplace_dropout_bits, name="network3_dropout_bits_inplace")
+POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (MASKS, 0.01), (INPLACE, 50.3),
+             (INPLACE_MASKS, 50.9))
 
 
 #### The kernels, as LLVM code
@@ -818,26 +879,36 @@ def _numba_funcify_dense_forward(op, node, **kwargs):
         f"forward {B} {N} {FORWARD_ROWS} {dense_above}")
 
 
-def _numba_funcify_bernoulli_bits(op, node, **kwargs):
-    k, m, shape = op.k, op.m, op.shape
-    n, per, low = int(np.prod(shape)), 53 // op.m, (1 << op.m) - 1
+def _numba_funcify_dropout_bits(op, node, **kwargs):
+    from pytensor.link.numba.dispatch.compile_ops import numba_deepcopy
+    k, m, shape, inplace = op.k, op.m, op.shape, op.inplace
+    n, per, low = int(np.prod(shape)), DRAW_BITS // m, (1 << m) - 1
 
-    @inner
-    def bernoulli_bits(rng, size):
-        mask = np.empty(n, np.int64)
+    @kernels.inline
+    def draw(rng):
+        keep = np.empty(n, np.bool_)
         for start in range(0, n, per):
-            # 53 random bits (rng.random() is next_uint64 >> 11, times 2**-53)
-            word = np.int64(rng.random() * 9007199254740992.0)
+            # numpy's integers(0, 2**30): the top 30 bits of a 32-bit draw
+            word = rng.integers(0, 1 << DRAW_BITS)
             for t in range(min(per, n - start)):
-                mask[start + t] = ((word >> (m * t)) & low) < k
-        return rng, mask.reshape(shape)
-    return bernoulli_bits, _cache_key(f"bernoulli_bits {k} {m} {shape}")
+                keep[start + t] = ((word >> (m * t)) & low) < k
+        return rng, keep.reshape(shape)
+
+    if inplace:
+        @inner
+        def dropout_bits(rng):
+            return draw(rng)
+    else:
+        @inner
+        def dropout_bits(rng):
+            return draw(numba_deepcopy(rng))
+    return dropout_bits, _cache_key(f"dropout_bits {k} {m} {shape} {inplace}")
 
 
 NUMBA_FUNCTIONS = {
     DenseUpdate: _numba_funcify_dense_update,
     DenseForward: _numba_funcify_dense_forward,
-    BernoulliBits: _numba_funcify_bernoulli_bits,
+    DropoutBits: _numba_funcify_dropout_bits,
 }
 
 # the cache keys: this file and kernels.py
