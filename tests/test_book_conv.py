@@ -357,11 +357,11 @@ BOOK_ORDER = ["shallow()", "basic_conv()", "omit_FC()", "dbl_conv()", "dbl_conv_
               "expanded_data_double_fc(n=1000)", "double_fc_dropout(0.5, 0.5, 0.5, 5)"]
 
 
-@pytest.mark.parametrize("how", ["pasted at a prompt", "run_experiments()"])
-def test_run_experiments_runs_the_books_calls(how, sgd_calls, data, monkeypatch,
-                                               tmp_path, capsys):
-    # the nets vote without compiling: each says the true label but net 0
-    # errs on image 3, and nets 0, 1 and 2 on image 7
+@pytest.fixture
+def five_voters(sgd_calls, data, monkeypatch):
+    """Network.predict stubbed for the last 5 nets trained: each says the
+    true test label, but net 0 errs on image 3, and nets 0, 1 and 2 on
+    image 7, so their vote is 98% right."""
     _, test_y = data["test"]
 
     def predict(net, x, probabilities=False, batch_size=500):
@@ -372,6 +372,11 @@ def test_run_experiments_runs_the_books_calls(how, sgd_calls, data, monkeypatch,
         return labels % 10
 
     monkeypatch.setattr(network3.Network, "predict", predict)
+
+
+@pytest.mark.parametrize("how", ["pasted at a prompt", "run_experiments()"])
+def test_run_experiments_runs_the_books_calls(how, sgd_calls, data, five_voters,
+                                               monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     if how == "pasted at a prompt":
         prompt = {}
@@ -386,6 +391,27 @@ def test_run_experiments_runs_the_books_calls(how, sgd_calls, data, monkeypatch,
     for png in ("ensemble_errors.png", "net_full_layer_0.png", "net_full_layer_1.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     plt.close("all")
+
+
+def test_the_readme_session_runs(sgd_calls, data, five_voters, monkeypatch, tmp_path,
+                                 capsys):
+    """The README's prompt session, typed after `from conv import *`."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(">>> from conv import *"):]
+    block = block[:block.index("```")]
+    lines = [line.removeprefix(">>> ") for line in block.splitlines()]
+    assert len(lines) >= 4
+    monkeypatch.chdir(tmp_path)
+    exec("\n".join(lines), {})
+    assert trained(sgd_calls) == CALLS["double_fc_dropout(0.5, 0.5, 0.5, 5)"][0]
+    assert "Accuracy is 98.00%" in capsys.readouterr().out
+    assert (tmp_path / "ensemble_errors.png").exists()
+    plt.close("all")
+
+
+def test_the_readme_is_under_2000_words():
+    # issue 24: the README stays short; detail goes to docs/*.md
+    assert len((ROOT / "README.md").read_text().split()) < 2000
 
 
 #### Importing, and a real run
