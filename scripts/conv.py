@@ -494,7 +494,8 @@ def parser():
     p = argparse.ArgumentParser(
         description="Run experiments of chapter 6 with the book's settings, "
         "recording each run to results/<experiment>.jsonl; runs already recorded "
-        "are skipped, so an interrupted command resumes when run again.",
+        "are skipped, and an interrupted command, run again, continues each "
+        "unfinished run from its last finished epoch.",
         epilog="all: the book's run_experiments: shallow, basic_conv, omit_FC, "
         "dbl_conv, dbl_conv_relu, expanded_data and expanded_data_double_fc with "
         "FC 100, 300 and 1000, 3 runs each, and the ensemble of 5 "
@@ -542,6 +543,11 @@ def parser():
     p.add_argument("--cache-dir",
                    help="with --workers: folder for the workers' compile caches "
                    "(default: network3-workers/ in PyTensor's base_compiledir)")
+    p.add_argument("--checkpoint-dir",
+                   help="folder for the runs' checkpoints, written at the end of each "
+                   "epoch and removed once the run is recorded (default: checkpoints/ "
+                   "beside the results file; on a cluster of several machines, a "
+                   "folder every worker can reach at the same path)")
     return p
 
 
@@ -575,9 +581,9 @@ def main(argv=None):
     try:
         outcomes = experiments.execute(
             planned, workers=args.workers, scheduler=args.scheduler, force=args.force,
-            save=not args.no_save, cache_dir=args.cache_dir, command=_command(),
-            root=ROOT)
-    except (experiments.MissingDask, FileNotFoundError) as err:
+            save=not args.no_save, cache_dir=args.cache_dir,
+            checkpoint_dir=args.checkpoint_dir, command=_command(), root=ROOT)
+    except (experiments.ClusterError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from pathlib import Path
 import network3
 from network3 import figures
 from network3.ensemble import ensemble_accuracy
+from network3.experiments import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 # most advanced first: the book's figures come from its final networks
@@ -47,12 +48,9 @@ MAX_DIGITS = 66      # 6 rows of 11; the book's 33 fit in 3
 #### Reading results
 def read_runs(results_dir, experiment):
     """The latest group of runs of ``experiment``: the records of
-    ``results_dir/<experiment>.jsonl`` whose config equals the last one's."""
-    path = Path(results_dir) / f"{experiment}.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines()
-               if line.strip()]
+    ``results_dir/<experiment>.jsonl`` whose config equals the last one's
+    (read as conv.py does: a line cut off by a crash is skipped)."""
+    records = read_records(Path(results_dir) / f"{experiment}.jsonl")
     if not records:
         return []
     latest = json.dumps(records[-1].get("config"), sort_keys=True)

@@ -1,11 +1,13 @@
 """scripts/conv.py on a real local Dask cluster of 2 worker processes
 (loopback only, no dashboard), with tiny runs (the shallow net, 500 images,
-1 epoch): the records are the same as those of the same seeds run in this
-process, a second invocation skips them all, a worker killed in the middle
-of a run costs neither a record nor a duplicate, a 2x2 sweep records each
-combination, a failed run does not stop the other, and the ensemble's vote
+1 to 8 epochs): the records are the same as those of the same seeds run in
+this process, a second invocation skips them all, the run of a worker
+killed in the middle of it continues from its checkpoint on another worker
+(one record, equal to the uninterrupted run's), a 2x2 sweep records each
+combination, a failed run does not stop the other, the ensemble's vote
 from 3 recorded members (trained in two invocations) is network3.ensemble's
-vote of the same predictions.
+vote of the same predictions, and a cluster whose workers have two threads,
+or other versions, is refused.
 
 Compile caches: the first test lets ``--workers 2`` give each worker its
 own, empty cache folders (PyTensor's and Numba's) under a temporary folder;
@@ -14,7 +16,6 @@ empty temporary cache, so the driver compiles each network once on one
 worker before the runs fan out.
 """
 
-import faulthandler
 import io
 import os
 import signal
@@ -36,7 +37,6 @@ import conv  # noqa: E402
 pytestmark = [pytest.mark.mnist, pytest.mark.slow]
 
 TINY = ["--train-size", "500", "--epochs", "1", "--no-save"]
-PAUSE = 1.5  # seconds each run waits after it starts: a window to kill it in
 
 
 def records(path):
@@ -45,16 +45,11 @@ def records(path):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, mnist_path):
-    """2 worker processes sharing one empty compile cache; each run pauses
-    PAUSE s after it starts.  The module's Dask tests are bounded: after 5
-    minutes the test process dumps its threads' stacks and exits."""
-    faulthandler.dump_traceback_later(300, exit=True)
+    """2 worker processes sharing one empty compile cache."""
     cache = tmp_path_factory.mktemp("shared-cache")
-    shared = dict(experiments.worker_env(cache), NETWORK3_WORKER_CACHE="",
-                  NETWORK3_RUN_PAUSE=str(PAUSE))
+    shared = dict(experiments.worker_env(cache), NETWORK3_WORKER_CACHE="")
     with experiments.local_cluster(2, env=shared) as local:
         yield local
-    faulthandler.cancel_dump_traceback_later()
     # no worker or nanny process is left behind (multiprocessing's resource
     # tracker lives as long as this process)
     left = [p.cmdline() for p in psutil.Process().children(recursive=True)
@@ -99,36 +94,56 @@ def test_parallel_runs_equal_sequential_runs_and_resume(tmp_path, capsys, mnist_
     assert parallel.read_bytes() == before
 
 
-def test_a_killed_worker_costs_no_record_and_no_duplicate(cluster, tmp_path):
-    """SIGKILL the worker process of the first run to start, while it runs:
-    Dask runs it again elsewhere, and the results file ends with 4 records,
-    one per run."""
-    out = tmp_path / "killed.jsonl"
-    runs = experiments.plan(["shallow"], runs=4, out=out, train_size=500, epochs=1)
-    killed = []
+def numbers(record):
+    """What the records of one run must share, resumed or not."""
+    return ({k: record[k] for k in ("settings", "seed", "test_accuracy", "best_iteration",
+                                     "best_validation_accuracy", "test_predictions")},
+            [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in record["epochs"]])
 
-    def kill_first(message):
-        if message["state"] == "started" and not killed:
-            os.kill(message["pid"], signal.SIGKILL)
-            killed.append(message["key"])
+
+def test_a_killed_workers_run_continues_from_its_checkpoint(cluster, tmp_path):
+    """2 runs of 8 epochs; SIGKILL the worker process of the first to start
+    its second epoch (its first is checkpointed).  Dask runs the task again
+    on a live worker, which continues from the checkpoint: each run has one
+    record, the killed one says from which epoch it resumed, and both equal
+    the same runs in this process."""
+    out = tmp_path / "killed.jsonl"
+    runs = experiments.plan(["shallow"], runs=2, out=out, train_size=500, epochs=8)
+    started, killed = {}, {}
+
+    def kill_in_second_epoch(message):  # on Dask's thread, as messages arrive
+        if message["state"] == "started":
+            started[message["key"]] = message
+        elif message["state"] == "epoch" and message["epoch"] == 1 and not killed:
+            killed.update(started[message["key"]])
+            os.kill(killed["pid"], signal.SIGKILL)
 
     stream = io.StringIO()
     outcomes = experiments.execute(runs, scheduler=cluster.scheduler_address,
-                                   save=False, on_event=kill_first, stream=stream)
+                                   save=False, on_event=kill_in_second_epoch, stream=stream)
     assert killed, stream.getvalue()
-    assert [o.status for o in outcomes] == ["done"] * 4, stream.getvalue()
-    victim = next(o for o in outcomes if o.run.key == killed[0])
-    assert victim.attempts >= 2  # started, killed, started again
-    # the progress lines: queued, started (again), an epoch, done; a summary
+    assert [o.status for o in outcomes] == ["done"] * 2, stream.getvalue()
+    victim = next(o for o in outcomes if o.run.key == killed["key"])
+    assert victim.attempts == 2  # started, killed, started again
+    assert started[victim.run.key]["pid"] != killed["pid"]
+    assert victim.where == started[victim.run.key]["worker"] != killed["worker"]
+    written = {experiments.record_key(r): r for r in records(out)}
+    assert len(records(out)) == 2 and set(written) == {r.key for r in runs}
+    assert 1 <= written[victim.run.key]["resumed_from"] < 8, stream.getvalue()
+    assert [written[r.key]["resumed_from"] for r in runs].count(None) == 1
+    assert not any((tmp_path / "checkpoints").iterdir())  # removed once recorded
+    # the progress lines say so
     lines = stream.getvalue()
     assert f"{victim.run.label()}: started on tcp://127.0.0.1:" in lines
-    assert f"(attempt {victim.attempts})" in lines
-    assert "epoch 1 of 1" in lines and ": done: test " in lines
-    assert "4 done, 0 skipped (already recorded), 0 failed" in lines
-    written = records(out)
-    assert len(written) == 4
-    assert sorted(experiments.record_key(r) for r in written) == sorted(r.key for r in runs)
-    assert len({r["run_id"] for r in written}) == 4
+    assert "(attempt 2)" in lines and "epoch 2 of 8" in lines
+    assert f"resumed at epoch {written[victim.run.key]['resumed_from']}" in lines
+    assert "2 done, 0 skipped (already recorded), 0 failed" in lines
+    # the same runs, uninterrupted, in this process
+    here = tmp_path / "here.jsonl"
+    experiments.execute(experiments.plan(["shallow"], runs=2, out=here, train_size=500,
+                                         epochs=8), save=False, stream=io.StringIO())
+    for record in records(here):
+        assert numbers(written[experiments.record_key(record)]) == numbers(record)
 
 
 def test_a_failed_run_does_not_stop_the_others(cluster, tmp_path):
@@ -201,3 +216,32 @@ def test_ensemble_votes_from_records_of_two_invocations(cluster, tmp_path, capsy
     # the epoch of its recorded test accuracy
     for record, labels in zip(written, predictions):
         assert np.mean(labels == test_y) == pytest.approx(record["test_accuracy"])
+
+
+def test_a_worker_with_two_threads_is_refused(tmp_path, capsys):
+    """Runs share network3's random generator and float type within a
+    process: a worker running two at once is refused before any run."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as two_threads:
+        out = tmp_path / "r.jsonl"
+        assert conv.main(["shallow", *TINY, "--out", str(out),
+                          "--scheduler", two_threads.scheduler_address]) == 2
+    error = capsys.readouterr().err
+    assert "refusing this Dask cluster" in error
+    assert "it has 2 threads; network3 needs one run per process" in error
+    assert not out.exists()
+
+
+def test_a_worker_with_other_versions_is_refused():
+    from network3.experiments import cluster, workers
+    ours = experiments.versions()
+    found = {"tcp://a:1": {"nthreads": 1, "versions": dict(ours)},
+             "tcp://b:2": {"nthreads": 1, "versions": dict(ours, numba="0.1", numpy="0")}}
+    cluster.check_workers({"tcp://a:1": found["tcp://a:1"]}, ours)  # the same: accepted
+    with pytest.raises(experiments.ClusterError) as refused:
+        cluster.check_workers(found, ours)
+    assert str(refused.value).endswith(
+        f"tcp://b:2: it runs numba 0.1 (the driver has {ours['numba']})")
+    # numpy is recorded, not required to match
+    assert workers.refusal(1, dict(ours, numpy="0"), ours) is None
