@@ -25,6 +25,7 @@ Backends (choose with ``network3.set_backend`` or the environment variable
 """
 
 import contextlib
+import copy
 import importlib
 import os
 import sys
@@ -213,8 +214,10 @@ def _mode(name):
 # ------------------------------------------------------------ the accelerator
 # network3/accel: PyTensor's Numba mode made faster with rewrites, kernels
 # and a linker that reach into Numba's and PyTensor's internals.  Loaded on
-# the first compile in Numba mode; it checks itself, and on any failure
-# network3 warns once and uses PyTensor's stock Numba mode.
+# the first compile in Numba mode and checked where it acts; on any failure
+# (loading it, compiling a function with it, its check of the Ops in that
+# function, the function's first call) network3 warns once and compiles
+# that function and every later one in PyTensor's stock Numba mode.
 class AcceleratorWarning(RuntimeWarning):
     """The Numba accelerator could not be used; network3 runs slower, on
     PyTensor's stock Numba mode."""
@@ -226,9 +229,9 @@ _ACCELERATOR_OFF = ("0", "off", "false", "no")
 def use_accelerator(enabled=True):
     """Whether functions compiled from now on in Numba mode use network3's
     accelerator (on by default; ``NETWORK3_ACCELERATOR=0`` turns it off for
-    a whole run).  Off, they use PyTensor's stock Numba mode: slower, the
-    same numbers."""
-    _settings["accelerator"] = bool(enabled)
+    a whole run; ``None`` goes back to that default).  Off, they use
+    PyTensor's stock Numba mode: slower, the same numbers."""
+    _settings["accelerator"] = None if enabled is None else bool(enabled)
 
 
 def accelerator_enabled():
@@ -239,7 +242,7 @@ def accelerator_enabled():
     return os.environ.get("NETWORK3_ACCELERATOR", "1").strip().lower() not in _ACCELERATOR_OFF
 
 
-_accelerator = {}  # "mode" once loaded and checked, or "error" once failed
+_accelerator = {}  # "mode" once loaded, or "error" once failed
 
 
 def accelerator_status():
@@ -260,15 +263,35 @@ def _numba_mode():
             accel = importlib.import_module("network3.accel")
             _accelerator["mode"] = accel.numba_mode()
         except Exception as error:  # noqa: BLE001  (any failure: fall back)
-            reason = f"{type(error).__name__}: {error}"
-            _accelerator["error"] = reason
-            warnings.warn(
-                f"network3's Numba accelerator is off for this process ({reason}); "
-                "running on PyTensor's stock Numba mode, which is slower. "
-                f"Versions: {_versions()}. Set NETWORK3_ACCELERATOR=0 to skip it "
-                "(and this warning).", AcceleratorWarning, stacklevel=4)
+            _accelerator_failed(error)
             return stock
     return _accelerator["mode"]
+
+
+def _accelerator_failed(error):
+    """Turn the accelerator off for this process, with one warning naming
+    the part that failed and the versions."""
+    reason = f"{type(error).__name__}: {error}"
+    _accelerator["error"] = reason
+    warnings.warn(
+        f"network3's Numba accelerator is off for this process ({_part(error)} failed: "
+        f"{reason}); running on PyTensor's stock Numba mode, which is slower, with "
+        f"the same numbers. Versions: {_versions()}. Set NETWORK3_ACCELERATOR=0 to "
+        "skip it (and this warning).", AcceleratorWarning, stacklevel=4)
+
+
+def _part(error):
+    """The accelerator's part that raised: a family of its Ops (its
+    checks name one), else its deepest module in the traceback."""
+    if getattr(error, "family", None):
+        return error.family
+    part, tb = "network3/accel", error.__traceback__
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+        if "/network3/accel/" in path:
+            part = "network3/accel/" + path.rsplit("/", 1)[1]
+        tb = tb.tb_next
+    return part
 
 
 def _versions():
@@ -287,13 +310,63 @@ def function(inputs, outputs, **kwargs):
     name = backend()
     if name != "jax":
         _to_host()
-        return pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
+        mode = _mode(name)
+        if name == "numba" and "mode" in _accelerator and mode is _accelerator["mode"]:
+            return _accelerated(inputs, outputs, mode, kwargs)
+        return pytensor.function(inputs, outputs, mode=mode, **kwargs)
     with _quiet_jax():
         fn = pytensor.function(inputs, outputs, mode=_mode(name), **kwargs)
     # Keep the data and parameters on the JAX device: left as numpy arrays,
     # every call copies the whole training set to it.
     _device_put(getattr(fn, "input_storage", ()))
     return _Quiet(fn)
+
+
+def _accelerated(inputs, outputs, mode, kwargs):
+    """The function compiled with the accelerator, its Ops checked (the
+    families not checked yet); on a failure, compiled in the stock mode."""
+    def stock():
+        return pytensor.function(inputs, outputs, mode=pytensor.compile.mode.get_mode("NUMBA"),
+                                 **kwargs)
+    try:
+        fn = pytensor.function(inputs, outputs, mode=mode, **kwargs)
+        sys.modules["network3.accel"].check(fn.maker.fgraph)
+    except Exception as error:  # noqa: BLE001  (any failure: fall back)
+        fn = stock()  # (a mistake in the graph itself raises here too)
+        _accelerator_failed(error)
+        return fn
+    return _FirstCall(fn, stock)
+
+
+class _FirstCall:
+    """A function compiled with the accelerator.  Numba compiles it at its
+    first call: if that call fails, the values it may have changed in place
+    (the shared variables it updates) are put back, and the call is made
+    again by the function compiled in the stock mode, which is kept."""
+
+    def __init__(self, fn, stock):
+        self.fn, self._stock, self._first = fn, stock, True
+
+    def __call__(self, *args, **kwargs):
+        if not self._first:
+            return self.fn(*args, **kwargs)
+        saved = [(c, copy.deepcopy(c.storage[0]))
+                 for i, c in zip(self.fn.maker.inputs, self.fn.input_storage)
+                 if i.update is not None or i.mutable]
+        try:
+            out = self.fn(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001  (any failure: fall back)
+            for container, value in saved:
+                container.storage[0] = value
+            stock = self._stock()
+            out = stock(*args, **kwargs)  # (a mistake in the arguments raises here too)
+            _accelerator_failed(error)
+            self.fn = stock
+        self._first = False
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
 
 
 def to_device(*variables):

@@ -3,103 +3,80 @@
 PyTensor's Numba mode runs network3's graphs as they are.  The accelerator
 runs the same arithmetic faster, to compile and to run: graph rewrites that
 turn the book's SGD step into BLAS calls and single loop nests
-(``rewrites.py``), Numba kernels specialised on each layer's shapes and a
-BLAS binding to numpy's own OpenBLAS (``kernels.py``), a linker that
-compiles each graph once and makes machine code for it alone
-(``linker.py``), and glibc malloc settings (``memory.py``).
+(``rewrites.py``, ``dense.py``, ``pooled.py``), Numba kernels specialised on
+each layer's shapes and a BLAS binding to numpy's own OpenBLAS
+(``kernels.py``), a linker that compiles each graph once and makes machine
+code for it alone (``linker.py``), and glibc malloc settings (``memory.py``).
 
 It is fast because it reaches into private internals of Numba, llvmlite,
 PyTensor and numpy's wheel, which any upgrade may move.  So it is loaded
-only when network3 first compiles a function in Numba mode, and before its
-first use in a process it checks itself: a small network's training step,
-compiled with it and run on PyTensor's Python linker (the Ops' numpy code),
-must give the same numbers.  ``backend`` catches any failure, warns once,
-and runs PyTensor's stock Numba mode instead.  Nothing in the rest of
-network3 imports this package.
+only when network3 first compiles a function in Numba mode, and it is
+checked where it runs:
+
+* at load (``numba_mode``), that PyTensor's rewrite passes are where its
+  rewrites are placed among them (``PYTENSOR_POSITIONS``);
+* before a compiled function's first call (``check``), each family of its
+  Ops in that graph that this process has not checked yet, on test numbers
+  against the Ops' numpy code (``checks.py``).
+
+``network3.backend`` catches any failure, at load, while compiling, in a
+check or in a function's first call, warns once (naming the part and the
+versions), and compiles that function and every later one in PyTensor's
+stock Numba mode.  Nothing in the rest of network3 imports this package.
 """
 
-import numpy as np
-
-_checked = []  # the checked Mode, once made
+_loaded = []  # the Mode, once made
 
 
 class AcceleratorError(RuntimeError):
-    """The accelerator failed its self-check."""
+    """The accelerator cannot be used with this PyTensor."""
+
+
+# Where PyTensor's own rewrite passes are, among which the accelerator's are
+# placed (rewrites.py, dense.py, pooled.py: after its first merge and before
+# its canonicalisation; between its specialisation and its fusion of
+# element-wise loops; between that and its destroy handler, which in-place
+# rewrites need; with its in-place BLAS and random-variable rewrites).  If a
+# PyTensor release renumbers them, the accelerator's would run at the wrong
+# time or be dropped without a word: it is not used then.
+PYTENSOR_POSITIONS = {
+    "merge1": 0, "canonicalize": 1, "specialize": 2, "elemwise_fusion": 49,
+    "add_destroy_handler": 49.5, "InplaceBlasOpt": 50.2, "random_make_inplace": 50.9,
+}
 
 
 def numba_mode():
-    """The accelerated Numba mode, checked once per process; raises on any
-    failure (an import error, a moved private name, a wrong number)."""
-    if not _checked:
-        from . import memory, rewrites
-        memory.tune_malloc()
-        mode = rewrites.numba_mode()
-        self_check(mode)
-        _checked.append(mode)
-    return _checked[0]
+    """The accelerated Numba mode, made once per process; raises on any
+    failure (an import error, a moved private name, moved rewrite passes)."""
+    if not _loaded:
+        check_positions()
+        from . import rewrites
+        _loaded.append(rewrites.numba_mode())
+    return _loaded[0]
 
 
-def self_check(mode):
-    """Train a tiny network for three SGD steps in ``mode`` and on PyTensor's
-    Python linker (numpy); raise AcceleratorError if they differ.  A sigmoid
-    layer (the vectorised float32 sigmoid), softmax, the book's cost and the
-    L2 term: the private machinery every book network goes through (the
-    linker and its code libraries, the BLAS binding and Numba intrinsics,
-    the SGD-step rewrites, dense.py's kernels).  No conv layer: its kernels
-    are plain Numba loops and the same BLAS binding, and compiling them
-    would add seconds to every first run (the tests check them against
-    numpy and scipy)."""
-    import pytensor
-    import pytensor.tensor as pt
-    from pytensor.compile.mode import Mode
+def check_positions(positions=None):
+    """Raise AcceleratorError unless PyTensor's rewrite passes are at
+    ``PYTENSOR_POSITIONS`` (``positions``: name -> position, PyTensor's
+    optdb by default)."""
+    if positions is None:
+        from pytensor.compile.mode import optdb
+        positions = optdb.__position__
+    moved = {name: positions.get(name) for name, where in PYTENSOR_POSITIONS.items()
+             if positions.get(name) != where}
+    if moved:
+        found = ", ".join(f"{name} at {where}" for name, where in moved.items())
+        raise AcceleratorError(
+            f"PyTensor's rewrite passes have moved ({found}; expected "
+            f"{', '.join(f'{n} at {p}' for n, p in PYTENSOR_POSITIONS.items() if n in moved)})")
 
-    from . import dense
 
-    rng = np.random.default_rng(0)
-    f32 = "float32"
-    B = 2
-    # 20 and 16 units: wide enough for dense.py's kernels (LLVM code of
-    # their own), with an input gradient and without (its rewrites then
-    # take matrices of any size: ``dense.everywhere``)
-    shapes = {"w2": (6, 20), "b2": (20,), "w3": (20, 16), "b3": (16,)}
-    start = {name: rng.normal(0, 0.5, shape).astype(f32) for name, shape in shapes.items()}
-    x_value = rng.random((3 * B, 6)).astype(f32)
-    y_value = rng.integers(0, 3, 3 * B).astype("int32")
-
-    def step(compile_mode):
-        p = {name: pytensor.shared(value.copy(), name=name, shape=value.shape)
-             for name, value in start.items()}
-        x = pt.matrix("x", dtype=f32, shape=(B, 6))
-        y = pt.vector("y", dtype="int32", shape=(B,))
-        a2 = pt.sigmoid(pt.dot(x, p["w2"]) + p["b2"])
-        z3 = pt.dot(a2, p["w3"]) + p["b3"]
-        if compile_mode is mode:
-            out = pt.special.softmax(z3, axis=1)
-        else:  # PyTensor's Softmax Op would compile its inner graph in Numba
-            e = pt.exp(z3 - z3.max(axis=1, keepdims=True))
-            out = e / e.sum(axis=1, keepdims=True)
-        l2 = sum((p[w] ** 2).sum() for w in ("w2", "w3"))
-        cost = -pt.mean(pt.log(out)[pt.arange(B), y]) + 0.5 * 0.1 * l2 / 3
-        params = list(p.values())
-        grads = pt.grad(cost, params)
-        updates = [(v, v - np.float32(0.5) * g) for v, g in zip(params, grads)]
-        fn = pytensor.function([x, y], [cost, pt.argmax(out, axis=1)],
-                               updates=updates, mode=compile_mode)
-        results = [fn(x_value[i * B:(i + 1) * B], y_value[i * B:(i + 1) * B])
-                   for i in range(3)]
-        return results, {name: v.get_value() for name, v in p.items()}
-
-    with dense.everywhere():
-        ours, our_params = step(mode)
-    reference, ref_params = step(Mode(linker="py", optimizer=None))
-    for i, ((cost, labels), (ref_cost, ref_labels)) in enumerate(zip(ours, reference)):
-        if not np.allclose(cost, ref_cost, rtol=1e-4, atol=1e-5):
-            raise AcceleratorError(f"self-check: cost of step {i} is {cost}, expected {ref_cost}")
-        if not np.array_equal(labels, ref_labels):
-            raise AcceleratorError(
-                f"self-check: predictions of step {i} are {labels}, expected {ref_labels}")
-    for name, value in our_params.items():
-        if not np.allclose(value, ref_params[name], rtol=1e-4, atol=1e-5):
-            worst = np.abs(value - ref_params[name]).max()
-            raise AcceleratorError(
-                f"self-check: parameter {name} after 3 steps is off by up to {worst:.3g}")
+def check(fgraph):
+    """Check the families of the accelerator's Ops in the compiled graph
+    ``fgraph`` that this process has not checked yet (raises CheckError);
+    then, the first time, tune glibc's malloc (memory.py), so that a
+    process whose check fails is left as it was."""
+    from . import checks, memory
+    checked = checks.check_graph(fgraph)
+    memory.tune_malloc()
+    return checked
