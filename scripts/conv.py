@@ -52,7 +52,7 @@ mini_batch_size = 10
 # book's settings are network3.experiments.EXPERIMENTS and .build.
 NAMES = ("shallow", "basic_conv", "omit_FC", "dbl_conv", "dbl_conv_tanh",
          "regularized_dbl_conv", "dbl_conv_relu", "expanded_data",
-         "expanded_data_double_fc", "double_fc_dropout", "ensemble")
+         "expanded_data_double_fc", "double_fc_dropout", "ensemble", "beyond")
 
 
 # What `from conv import *` gives, as the book's conv.py: its functions, its

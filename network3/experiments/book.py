@@ -20,7 +20,30 @@ EXPERIMENTS = {
     "expanded_data_double_fc": ("expanded", 60, 0.03, 0.1),
     "double_fc_dropout": ("expanded", 40, 0.03, 0.0),
     "ensemble": ("expanded", 40, 0.03, 0.0),
+    "beyond": ("mnist", 60, 0.03, 0.1),
 }
+# Beyond the book: the chapter's own tools together (README, "beyond the
+# book").  The double_fc_dropout network with wider conv layers (32 and 64
+# filters), trained on the 50,000 MNIST images distorted afresh each epoch
+# (Augment's defaults: translations, rotations, skews, elastic distortions),
+# with eta halved every 15 epochs and He's initialisation; chosen without
+# looking at the test set (the initialisation on the validation set, below).
+AUGMENT = {"beyond": "Augment(translate=2, rotate=10, skew=0.2, elastic=(34, 4), "
+                     "p_original=0)"}
+SCHEDULE = {"beyond": (0.5, 15)}  # eta times 0.5 every 15 epochs
+# He's initialisation for the ReLU layers (the chapter's wish list): with the
+# book's, this network stayed at chance for 2 epochs of 5,000 images, with
+# He's it reached 92% validation accuracy in 3 (conv.py beyond --train-size
+# 5000 --epochs 3, with --init book and --init corrected)
+INIT = {"beyond": "corrected"}
+
+
+def eta_at(experiment, eta, epoch):
+    """The learning rate of ``epoch``: the book's constant ``eta``, or the
+    experiment's step schedule (``SCHEDULE``)."""
+    factor, every = SCHEDULE.get(experiment, (1.0, 1))
+    return eta * factor ** (epoch // every)
+
 # the experiments whose FC width is a setting (the book tries 100, 300, 1000)
 WIDTH_EXPERIMENTS = ("expanded_data", "expanded_data_double_fc")
 # the book's run_experiments (its conv.py): each experiment 3 times, then 5
@@ -87,6 +110,15 @@ def build(experiment, init="book", n=100):
         return [conv1(act, init), conv2(act, init),
                 fc(40 * 4 * 4, 1000, act, p_dropout=0.5, init=init),
                 fc(1000, 1000, act, p_dropout=0.5, init=init),
+                SoftmaxLayer(n_in=1000, n_out=10, p_dropout=0.5)]
+    if experiment == "beyond":
+        m = mini_batch_size
+        return [ConvPoolLayer(image_shape=(m, 1, 28, 28), filter_shape=(32, 1, 5, 5),
+                              poolsize=(2, 2), activation_fn=ReLU, init=_init(init, ReLU)),
+                ConvPoolLayer(image_shape=(m, 32, 12, 12), filter_shape=(64, 32, 5, 5),
+                              poolsize=(2, 2), activation_fn=ReLU, init=_init(init, ReLU)),
+                fc(64 * 4 * 4, 1000, ReLU, p_dropout=0.5, init=init),
+                fc(1000, 1000, ReLU, p_dropout=0.5, init=init),
                 SoftmaxLayer(n_in=1000, n_out=10, p_dropout=0.5)]
     raise ValueError(f"unknown experiment {experiment!r}; choose one of "
                      f"{', '.join(EXPERIMENTS)}")

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .book import (
+    AUGMENT,
     BOOK,
     BOOK_RUNS,
     ENSEMBLE_MEMBERS,
     EXPERIMENTS,
     FULL_SIZE,
+    INIT,
     WIDTH_EXPERIMENTS,
     mini_batch_size,
 )
@@ -55,7 +57,7 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
     lmbda = float(book_lmbda if lmbda is None else lmbda)
     if not (lmbda >= 0 and math.isfinite(lmbda)):
         raise ValueError(f"lmbda must be zero or positive, got {lmbda!r}")
-    init = "book" if init is None else init
+    init = INIT.get(experiment, "book") if init is None else init
     if init not in ("book", "corrected"):
         raise ValueError(f"init must be book or corrected, got {init!r}")
     if experiment in WIDTH_EXPERIMENTS:
@@ -72,7 +74,8 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
                              f"{mini_batch_size} (one mini-batch), got {train_size!r}")
         train_size = None if train_size >= FULL_SIZE[data] else int(train_size)
     return {"data": data, "epochs": int(epochs), "eta": eta, "lmbda": lmbda,
-            "init": init, "n": n, "train_size": train_size, "augment": augment or None}
+            "init": init, "n": n, "train_size": train_size,
+            "augment": augment or AUGMENT.get(experiment)}
 
 
 def _format(value):

@@ -10,7 +10,8 @@ import network3
 from ..data import as_array, size, subset
 from ..network import Network
 from ..saving import describe
-from .book import build, mini_batch_size
+from .book import SCHEDULE, build, mini_batch_size
+from .book import eta_at as eta_at_epoch
 from .records import accelerator, encode_labels, machine, versions
 
 DATA_SETS = ("mnist", "expanded")
@@ -81,7 +82,8 @@ def train(spec, data=None, augment=None, report=None):
               "data": s["data"], "train_size": int(size(training_data)),
               "layers": [describe(layer) for layer in net.layers],
               "backend": network3.backend.backend(), "floatX": network3.floatX(),
-              "augment": s["augment"]}
+              "augment": s["augment"],
+              "schedule": SCHEDULE.get(experiment)}
 
     def eta_at(epoch):
         # the book's constant eta, as a function of the epoch: SGD asks for
@@ -91,7 +93,7 @@ def train(spec, data=None, augment=None, report=None):
         if report:
             best = max((h["validation_accuracy"] for h in net.history), default=None)
             report("epoch", epoch=epoch, epochs=epochs, best_validation=best)
-        return eta
+        return eta_at_epoch(experiment, eta, epoch)
 
     checkpoint = {"checkpoint": spec["checkpoint"]} if spec.get("checkpoint") else {}
     start = time.perf_counter()

@@ -1,0 +1,39 @@
+"""The experiment ``beyond`` (issue 25): the chapter's own tools together.
+Its settings are the ones its records claim: Augment's defaults rebuilt
+from their name, He's initialisation, eta halved every 15 epochs."""
+
+import pytest
+
+import network3
+from network3.augment import Augment
+from network3.experiments import book, runs
+
+
+def test_settings_name_an_augmentation_that_can_be_rebuilt():
+    s = runs.settings("beyond")
+    assert s["augment"] == repr(Augment())  # training.train rebuilds it by name
+    assert (s["data"], s["epochs"], s["eta"], s["lmbda"], s["init"]) == \
+        ("mnist", 60, 0.03, 0.1, "corrected")
+    assert runs.settings("beyond", init="book")["init"] == "book"
+    assert runs.settings("double_fc_dropout")["augment"] is None  # the book's stay
+
+
+def test_schedule_halves_eta_every_15_epochs():
+    etas = [book.eta_at("beyond", 0.03, epoch) for epoch in range(60)]
+    assert etas[0] == etas[14] == 0.03 and etas[15] == 0.015
+    assert etas[59] == pytest.approx(0.03 / 8)
+    assert {book.eta_at("dbl_conv_relu", 0.03, e) for e in range(60)} == {0.03}
+
+
+def test_network_fits_together_with_he_initialisation():
+    layers = book.build("beyond", init="corrected")
+    net = network3.Network(layers, 10)  # checks that the layers' sizes fit
+    assert [type(layer).__name__ for layer in net.layers] == \
+        ["ConvPoolLayer", "ConvPoolLayer", "FullyConnectedLayer",
+         "FullyConnectedLayer", "SoftmaxLayer"]
+    assert [layer.p_dropout for layer in net.layers[2:]] == [0.5, 0.5, 0.5]
+    assert all(layer.activation_fn is network3.ReLU for layer in net.layers[:4])
+    assert layers[0].filter_shape == (32, 1, 5, 5) and layers[1].filter_shape == (64, 32, 5, 5)
+    # He's: std sqrt(2 / fan_in) for the first conv layer's 25 inputs
+    w = layers[0].w.get_value()
+    assert w.std() == pytest.approx((2 / 25) ** 0.5, rel=0.15)
