@@ -330,7 +330,9 @@ def _accelerated(inputs, outputs, mode, kwargs):
                                  **kwargs)
     try:
         fn = pytensor.function(inputs, outputs, mode=mode, **kwargs)
-        sys.modules["network3.accel"].check(fn.maker.fgraph)
+        maker = getattr(fn, "maker", None)  # (None: pytensor.function wrapped by a caller)
+        if maker is not None:
+            sys.modules["network3.accel"].check(maker.fgraph)
     except Exception as error:  # noqa: BLE001  (any failure: fall back)
         fn = stock()  # (a mistake in the graph itself raises here too)
         _accelerator_failed(error)
@@ -350,9 +352,10 @@ class _FirstCall:
     def __call__(self, *args, **kwargs):
         if not self._first:
             return self.fn(*args, **kwargs)
+        maker = getattr(self.fn, "maker", None)
         saved = [(c, copy.deepcopy(c.storage[0]))
-                 for i, c in zip(self.fn.maker.inputs, self.fn.input_storage)
-                 if i.update is not None or i.mutable]
+                 for i, c in zip(maker.inputs, self.fn.input_storage)
+                 if i.update is not None or i.mutable] if maker is not None else []
         try:
             out = self.fn(*args, **kwargs)
         except Exception as error:  # noqa: BLE001  (any failure: fall back)
