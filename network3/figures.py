@@ -21,10 +21,11 @@ works on a machine with no display.
 """
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .data import atomic_file
 
 TRUE_COLOUR = "black"
 PREDICTED_COLOUR = "tab:red"
@@ -230,9 +231,8 @@ def _save(fig, filename):
     """Write the figure as PNG through a temporary file renamed into place."""
     path = Path(filename)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # a name of this writer's own
+        fig.savefig(tmp, format="png", dpi=120)
     return path
 
 

@@ -32,7 +32,7 @@ use, so ``import conv`` is quick) and ``mini_batch_size``:
 
 ``--init corrected`` reruns an experiment with the initialisation the book's
 author intended (sqrt(1/n_in); He's sqrt(2/n_in) for ReLU layers).  The
-networks, settings and run machinery are in network3/experiments.py.
+networks, settings and run machinery are in network3/experiments/.
 
 network3 (and with it PyTensor) is imported inside the functions below, not
 at the top: the worker processes of a local Dask cluster re-import this
@@ -53,6 +53,9 @@ mini_batch_size = 10
 NAMES = ("shallow", "basic_conv", "omit_FC", "dbl_conv", "dbl_conv_tanh",
          "regularized_dbl_conv", "dbl_conv_relu", "expanded_data",
          "expanded_data_double_fc", "double_fc_dropout", "ensemble", "beyond")
+# the experiments whose recorded runs vote, after they run (the book's
+# ensemble; beyond's networks, beyond the book)
+VOTING = ("ensemble", "beyond")
 
 
 # What `from conv import *` gives, as the book's conv.py: its functions, its
@@ -458,13 +461,13 @@ def run_ensemble(runs=5, epochs=40, seed=0, train_size=None, data=None, out=None
 
 
 def _vote(planned, data=None):
-    """Vote the recorded members of the ensemble runs in ``planned``, per
-    results file and settings, and print each vote."""
+    """Vote the recorded members of the ensemble (or beyond) runs in
+    ``planned``, per results file and settings, and print each vote."""
     from network3 import experiments
     from network3.data import as_array
     groups = {}
     for run in planned:
-        if run.experiment == "ensemble":
+        if run.experiment in VOTING:
             groups.setdefault((run.out, run.settings), []).append(run)
     result = members = None
     for (out, _), runs in groups.items():
@@ -588,7 +591,7 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
-    if any(run.experiment == "ensemble" for run in planned):
+    if any(run.experiment in VOTING for run in planned):
         try:
             _vote(planned)
         except (OSError, ValueError) as err:
