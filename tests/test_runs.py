@@ -238,3 +238,16 @@ def test_the_figures_skip_a_record_cut_off_by_a_crash(tmp_path, capsys):
                     + '{"config": {"epo')
     assert [r["seed"] for r in figures_script.read_runs(tmp_path, "dbl_conv")] == [0, 1]
     assert "skipping a line that is not a JSON record" in capsys.readouterr().err
+
+
+def test_the_recorded_vote_breaks_ties_in_the_order_the_nets_were_trained():
+    """Dask records runs as they finish; the vote takes the members in seed
+    order, as the book's nets list is, so that its tie rule (the label the
+    first net gives) does not depend on which run finished first."""
+    from network3.experiments.records import encode_labels, vote_records
+    labels = np.array([3, 3])
+    records = [{"seed": 1, "test_predictions": encode_labels([5, 3])},
+               {"seed": 0, "test_predictions": encode_labels([3, 3])}]
+    result, members = vote_records(records, labels)  # a 1-1 tie on the first image
+    assert [m["seed"] for m in members] == [0, 1]
+    assert list(result.labels) == [3, 3] and result.accuracy == 1.0

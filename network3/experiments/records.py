@@ -108,6 +108,9 @@ def vote_records(records, labels):
                and len(decode_labels(r["test_predictions"])) == len(labels)]
     if not members:
         return None, []
+    # the book's nets in the order they were trained (seeds 0, 1, ...): its
+    # vote breaks ties by that order, and Dask records runs as they finish
+    members.sort(key=lambda r: r.get("seed", 0))
     voted = vote(np.stack([decode_labels(r["test_predictions"]) for r in members]))
     wrong = np.flatnonzero(voted != labels)
     return EnsembleResult(1.0 - len(wrong) / len(labels), wrong, voted), members
