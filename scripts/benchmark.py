@@ -51,6 +51,7 @@ slow numpy's OpenBLAS: the header says whether they were set.
     python scripts/benchmark.py --out results/benchmark.md
     python scripts/benchmark.py --nets dbl_conv_relu --steps 200 --repeats 3
     /work/venv313/bin/python scripts/benchmark.py --torch-python .venv/bin/python
+    python scripts/benchmark.py --check-cost --nets dbl_conv_relu double_fc_dropout
 """
 
 import argparse
@@ -449,6 +450,9 @@ def worker(args):
     if args.worker == "floor":
         print(json.dumps(floor_worker(args.nets)))
         return
+    if args.worker == "checks":
+        print(json.dumps(checks_worker(args.net)))
+        return
     threads = None
     if args.worker == "network3":
         first, per_step = time_network3(args.net, args.steps, args.backend, args.gpu,
@@ -462,6 +466,55 @@ def worker(args):
         "step_ms": None if per_step is None else per_step * 1e3,
         "epoch_s": None if per_step is None else per_step * STEPS_PER_EPOCH,
         "peak_mb": peak_mb}))
+
+
+def checks_worker(name):
+    """The first call of network ``name``'s step (importing, building,
+    compiling and one step) and, within it, the seconds of each family's
+    first-use check (network3/accel/checks.py)."""
+    import network3.accel.checks as checks
+    spent, check_nodes = {}, checks.check_nodes
+
+    def timed(family, nodes):
+        start = time.perf_counter()
+        check_nodes(family, nodes)
+        spent[family.split(" (")[0]] = time.perf_counter() - start
+    checks.check_nodes = timed
+    first, _ = time_network3(name, 0, warmup=0)
+    return {"first_call_s": first, "checks": spent}
+
+
+def check_cost(args):
+    """Markdown: per network, each family's check in its first call, with an
+    empty compile cache and then with that cache filled (fastest of
+    --repeats rounds, min-max in brackets)."""
+    me = sys.executable
+    rows = []
+    for name in args.nets:
+        runs = {"cold": [], "cached": []}
+        for _ in range(args.repeats):
+            cache = tempfile.mkdtemp(prefix="network3-checks-")
+            try:
+                for kind in ("cold", "cached"):
+                    runs[kind].append(run_worker(me, ["--worker", "checks", "--net", name],
+                                                 env=_cache_env(cache)))
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+        for kind, results in runs.items():
+            bad = [r["error"] for r in results if "error" in r]
+            if bad:
+                rows.append(f"| {name} | {kind} | error: {bad[0]} | |")
+                continue
+            families = sorted({f for r in results for f in r["checks"]})
+            cells = "; ".join(
+                f"{f} {_spread([r['checks'].get(f, 0.0) for r in results], 2)}"
+                for f in families)
+            total = _spread([sum(r["checks"].values()) for r in results], 2)
+            first = _spread([r["first_call_s"] for r in results], 1)
+            rows.append(f"| {name} | {kind} | {cells or 'none'} | {total} | {first} |")
+    header = ["| net | cache | each family's check, s | all checks, s | first call, s |",
+              "| --- | --- | --- | --- | --- |"]
+    print("\n".join(header + rows))
 
 
 def run_worker(python, argv, env=None, timeout=1800):
@@ -590,6 +643,16 @@ def _load():
         return (math.nan,) * 3
 
 
+def _portable(arg):
+    """A command-line argument without this machine's paths: a file in the
+    repository by its path there, another by its name."""
+    if not os.path.isabs(arg):
+        return arg
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    inside = os.path.commonpath([root, os.path.abspath(arg)]) == root
+    return os.path.relpath(arg, root) if inside else os.path.basename(arg)
+
+
 def _git_commit(package):
     """The commit of the git tree that holds ``package`` (network3's
     folder), and whether that folder differs from it."""
@@ -604,8 +667,8 @@ def _git_commit(package):
         return "unknown"
     if not rev:
         return "unknown (not a git tree)"
-    return rev + (f" ({package} has uncommitted changes)" if dirty else
-                  f" ({package} as committed)")
+    return rev + (" (network3/ has uncommitted changes)" if dirty else
+                  " (network3/ as committed)")
 
 
 def _cpu_name():
@@ -768,13 +831,16 @@ def parse_args(argv):
                         help="append the run's figures to FILE as one JSON line "
                         "(scripts/benchmark_table.py makes the README's table of them)")
     # one measurement in this process (what the main run starts)
-    parser.add_argument("--worker", choices=["network3", "torch", "floor"],
+    parser.add_argument("--check-cost", action="store_true",
+                        help="instead: the accelerator's first-use checks per family in "
+                        "each network's first call, empty cache and filled")
+    parser.add_argument("--worker", choices=["network3", "torch", "floor", "checks"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--net", choices=list(NETS), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker in ("network3", "torch") and not args.net:
+    if args.worker in ("network3", "torch", "checks") and not args.net:
         parser.error("--worker needs --net")
     if args.steps < 0 or args.warmup < 0 or args.repeats < 1:
         parser.error("--steps and --warmup must be >= 0, --repeats >= 1")
@@ -786,12 +852,17 @@ def main(argv=None):
     args = parse_args(raw)
     if args.worker:
         return worker(args)
+    if args.check_cost:
+        return check_cost(args)
     return run(args, raw)
 
 
 def run(args, raw):
     me = sys.executable
-    command = shlex.join([me, os.path.relpath(os.path.abspath(__file__)), *raw])
+    # no paths of this machine: the Python by its version, files by their
+    # path in the repository, or their name
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    command = shlex.join([python, "scripts/benchmark.py", *map(_portable, raw)])
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_start = ", ".join(f"{v:.2f}" for v in _load())
     loads = []
@@ -810,7 +881,7 @@ def run(args, raw):
         cpu=_cpu_name(), load_start=load_start, network3=network3, backend=args.backend,
         coretype=os.environ.get("OPENBLAS_CORETYPE", "unset"),
         l2size=os.environ.get("OPENBLAS_L2_SIZE", "unset"),
-        torch=(f"{torch_info} ({args.torch_python}); eager, CPU, "
+        torch=(f"{torch_info}; eager, CPU, "
                "torch.optim.SGD(foreach=True), weight_decay lmbda/num_training_batches "
                "on the weights") if torch_info else
         ("skipped (--no-torch)" if args.no_torch else
