@@ -37,3 +37,31 @@ def test_network_fits_together_with_he_initialisation():
     # He's: std sqrt(2 / fan_in) for the first conv layer's 25 inputs
     w = layers[0].w.get_value()
     assert w.std() == pytest.approx((2 / 25) ** 0.5, rel=0.15)
+
+
+def test_results_table_has_beyond_and_its_vote(tmp_path):
+    """Two recorded beyond runs: a row with both (no 'augmented' or 'init'
+    note: those are beyond's own settings) and the row of their vote."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from network3.experiments.records import append_record, encode_labels
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import results_table
+
+    labels = np.array([1, 2, 3, 4])
+    predictions = {0: [1, 2, 3, 0], 1: [1, 2, 0, 4], 2: [1, 2, 3, 4]}
+    for seed, accuracy in ((0, 0.75), (1, 0.75), (2, 1.0)):
+        append_record(tmp_path / "beyond.jsonl", {
+            "experiment": "beyond", "seed": seed, "settings": runs.settings("beyond"),
+            "config": {"train_size": 50_000, "layers": []}, "test_accuracy": accuracy,
+            "best_validation_accuracy": accuracy, "wall_seconds": 60.0, "machine": "m",
+            "test_predictions": encode_labels(predictions[seed])})
+    rows = results_table.table(results_table.load_records(tmp_path), labels,
+                               full=False).splitlines()[2:]
+    assert rows == [
+        "| beyond | (target 99.70%) | **100.00%** | 3: 75.00%, 75.00%, 100.00% | 60 |",
+        "| beyond vote (3 members) | (target 99.77%) | **100.00%** (0 errors) | "
+        "3 members voted (seeds 0, 1, 2) | 60 |"]
