@@ -114,8 +114,10 @@ def misclassified_figure(results_dir, test_data, out, experiment=None):
     name, found = voters(results_dir, experiment)
     if not found:
         return _missing("misclassified", experiment, "saved networks")
-    if name == "ensemble":
-        chosen, who = found, f"an ensemble of {len(found)} nets voting"
+    if name in ("ensemble", "beyond"):  # the experiments whose nets vote
+        chosen = sorted(found, key=lambda f: f[0]["seed"])  # the nets' order: ties
+        who = (f"an ensemble of {len(found)} nets voting" if name == "ensemble"
+               else f"a vote of {len(found)} {name} nets")
     else:
         chosen = [best(found)]
         who = f"the best {name} net (run {chosen[0][0]['run']})"
