@@ -11,17 +11,18 @@ from network3.experiments import book, runs
 
 def test_settings_name_an_augmentation_that_can_be_rebuilt():
     s = runs.settings("beyond")
-    assert s["augment"] == repr(Augment())  # training.train rebuilds it by name
+    # training.train rebuilds it from its name
+    assert s["augment"] == repr(Augment(**book.AUGMENT_OPTIONS["beyond"]))
     assert (s["data"], s["epochs"], s["eta"], s["lmbda"], s["init"]) == \
-        ("mnist", 60, 0.03, 0.1, "corrected")
+        ("mnist", 40, 0.03, 0.1, "corrected")
     assert runs.settings("beyond", init="book")["init"] == "book"
     assert runs.settings("double_fc_dropout")["augment"] is None  # the book's stay
 
 
-def test_schedule_halves_eta_every_15_epochs():
-    etas = [book.eta_at("beyond", 0.03, epoch) for epoch in range(60)]
-    assert etas[0] == etas[14] == 0.03 and etas[15] == 0.015
-    assert etas[59] == pytest.approx(0.03 / 8)
+def test_schedule_halves_eta_every_10_epochs():
+    etas = [book.eta_at("beyond", 0.03, epoch) for epoch in range(40)]
+    assert etas[0] == etas[9] == 0.03 and etas[10] == 0.015
+    assert etas[39] == pytest.approx(0.03 / 8)
     assert {book.eta_at("dbl_conv_relu", 0.03, e) for e in range(60)} == {0.03}
 
 
@@ -62,6 +63,6 @@ def test_results_table_has_beyond_and_its_vote(tmp_path):
     rows = results_table.table(results_table.load_records(tmp_path), labels,
                                full=False).splitlines()[2:]
     assert rows == [
-        "| beyond | (target 99.70%) | **100.00%** | 3: 75.00%, 75.00%, 100.00% | 60 |",
+        "| beyond | (target 99.70%) | **100.00%** | 3: 75.00%, 75.00%, 100.00% | 40 |",
         "| beyond vote (3 members) | (target 99.77%) | **100.00%** (0 errors) | "
-        "3 members voted (seeds 0, 1, 2) | 60 |"]
+        "3 members voted (seeds 0, 1, 2) | 40 |"]

@@ -20,17 +20,20 @@ EXPERIMENTS = {
     "expanded_data_double_fc": ("expanded", 60, 0.03, 0.1),
     "double_fc_dropout": ("expanded", 40, 0.03, 0.0),
     "ensemble": ("expanded", 40, 0.03, 0.0),
-    "beyond": ("mnist", 60, 0.03, 0.1),
+    "beyond": ("mnist", 40, 0.03, 0.1),
 }
 # Beyond the book: the chapter's own tools together (README, "beyond the
 # book").  The double_fc_dropout network with wider conv layers (32 and 64
-# filters), trained on the 50,000 MNIST images distorted afresh each epoch
-# (Augment's defaults: translations, rotations, skews, elastic distortions),
-# with eta halved every 15 epochs and He's initialisation; chosen without
-# looking at the test set (the initialisation on the validation set, below).
-AUGMENT = {"beyond": "Augment(translate=2, rotate=10, skew=0.2, elastic=(34, 4), "
-                     "p_original=0)"}
-SCHEDULE = {"beyond": (0.5, 15)}  # eta times 0.5 every 15 epochs
+# filters) and He's initialisation, trained on the 50,000 MNIST images moved
+# afresh each epoch by small translations, rotations and skews, 40 epochs
+# with eta halved every 10.  Chosen without looking at the test set, on the
+# validation set (docs/experiments.md, "beyond"): with Augment's defaults
+# (elastic distortions too) this network's validation accuracy stayed at
+# 99.0-99.24% from epoch 12 to 31 of 60, underfitting the distorted images.
+AUGMENT_OPTIONS = {"beyond": {"translate": 2, "rotate": 5, "skew": 0.1, "elastic": None}}
+AUGMENT = {"beyond": "Augment(translate=2, rotate=5, skew=0.1, elastic=None, "
+                     "p_original=0)"}  # repr(Augment(**AUGMENT_OPTIONS[...]))
+SCHEDULE = {"beyond": (0.5, 10)}  # eta times 0.5 every 10 epochs
 # He's initialisation for the ReLU layers (the chapter's wish list): with the
 # book's, this network stayed at chance for 2 epochs of 5,000 images, with
 # He's it reached 92% validation accuracy in 3 (conv.py beyond --train-size
