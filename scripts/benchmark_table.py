@@ -97,7 +97,8 @@ def table(runs):
               "| --- | --- | --- | --- | --- |"]
     for name in nets:
         cells = [latest[v]["nets"].get(name, {}) for v in pythons]
-        torch_epochs = sorted({_epoch(c.get("torch_ms")) for c in cells})
+        # per Python, in the columns' order (one figure where they agree)
+        torch_epochs = list(dict.fromkeys(_epoch(c.get("torch_ms")) for c in cells))
         firsts = " / ".join(f"{_s(c.get('cold_s'))}, {_s(c.get('cached_s'))}" for c in cells)
         lines.append(
             f"| {name} ({cells[-1].get('settings', '')}) | "
