@@ -20,10 +20,13 @@ def test_settings_name_an_augmentation_that_can_be_rebuilt():
 
 
 def test_schedule_halves_eta_every_10_epochs():
-    etas = [book.eta_at("beyond", 0.03, epoch) for epoch in range(40)]
+    etas = [book.eta_at("beyond", 0.03, epoch, 40) for epoch in range(40)]
     assert etas[0] == etas[9] == 0.03 and etas[10] == 0.015
     assert etas[39] == pytest.approx(0.03 / 8)
-    assert {book.eta_at("dbl_conv_relu", 0.03, e) for e in range(60)} == {0.03}
+    # a longer run keeps the shape: halved at each quarter
+    etas = [book.eta_at("beyond", 0.03, epoch, 100) for epoch in range(100)]
+    assert etas[24] == 0.03 and etas[25] == 0.015 and etas[99] == pytest.approx(0.03 / 8)
+    assert {book.eta_at("dbl_conv_relu", 0.03, e, 60) for e in range(60)} == {0.03}
 
 
 def test_network_fits_together_with_he_initialisation():

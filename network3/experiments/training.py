@@ -84,7 +84,9 @@ def train(spec, data=None, augment=None, report=None):
               "layers": [describe(layer) for layer in net.layers],
               "backend": network3.backend.backend(), "floatX": network3.floatX(),
               "augment": s["augment"],
-              "schedule": SCHEDULE.get(experiment)}
+              # [factor, every so many epochs], or None for the book's constant eta
+              "schedule": None if experiment not in SCHEDULE else
+              [SCHEDULE[experiment][0], max(1, epochs // SCHEDULE[experiment][1])]}
 
     def eta_at(epoch):
         # the book's constant eta, as a function of the epoch: SGD asks for
@@ -94,7 +96,7 @@ def train(spec, data=None, augment=None, report=None):
         if report:
             best = max((h["validation_accuracy"] for h in net.history), default=None)
             report("epoch", epoch=epoch, epochs=epochs, best_validation=best)
-        return eta_at_epoch(experiment, eta, epoch)
+        return eta_at_epoch(experiment, eta, epoch, epochs)
 
     checkpoint = {"checkpoint": spec["checkpoint"]} if spec.get("checkpoint") else {}
     start = time.perf_counter()
