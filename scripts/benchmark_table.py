@@ -69,7 +69,7 @@ def table(runs):
     for run in runs:
         latest[_python(run)] = run
     pythons = sorted(latest, key=lambda v: tuple(map(int, v.split("."))))
-    torch = runs[-1]["torch"].split(" (")[0]
+    torch = runs[-1]["torch"].split(" (")[0].split(";")[0]  # "torch 2.13.0+cpu on Python 3.11.7"
     lines = [
         "`python scripts/benchmark.py --record results/benchmark.jsonl` trains each "
         "network at the book's settings against PyTorch as its users write it "

@@ -115,9 +115,12 @@ def misclassified_figure(results_dir, test_data, out, experiment=None):
     if not found:
         return _missing("misclassified", experiment, "saved networks")
     if name in ("ensemble", "beyond"):  # the experiments whose nets vote
-        chosen = sorted(found, key=lambda f: f[0]["seed"])  # the nets' order: ties
-        who = (f"an ensemble of {len(found)} nets voting" if name == "ensemble"
-               else f"a vote of {len(found)} {name} nets")
+        # the nets of one setting (that of the best net), in seed order: ties
+        settings = max(found, key=lambda f: f[0].get("test_accuracy") or 0)[0].get("settings")
+        chosen = sorted([f for f in found if f[0].get("settings") == settings],
+                        key=lambda f: f[0]["seed"])
+        who = (f"an ensemble of {len(chosen)} nets voting" if name == "ensemble"
+               else f"a vote of {len(chosen)} {name} nets")
     else:
         chosen = [best(found)]
         who = f"the best {name} net (run {chosen[0][0]['run']})"
