@@ -91,13 +91,9 @@ def describe_callable(f):
 
 def differences(saved, current):
     """The lines that say how signature ``current`` differs from ``saved``."""
-    lines = []
-    if saved["layers"] != current["layers"] or saved["parameters"] != current["parameters"]:
-        lines.append(f"the architecture: the checkpoint's layers are "
-                     f"{saved['layers']}, this network's are {current['layers']}"
-                     if saved["layers"] != current["layers"] else
-                     f"the parameters: the checkpoint's are {saved['parameters']}, "
-                     f"this network's are {current['parameters']}")
+    lines = [f"the architecture ({name}): the checkpoint's are {saved[name]}, "
+             f"this network's are {current[name]}"
+             for name in ("layers", "parameters") if saved[name] != current[name]]
     for kind in ("data", "arguments"):
         for name in sorted(set(saved[kind]) | set(current[kind])):
             old, new = saved[kind].get(name), current[kind].get(name)
@@ -114,8 +110,7 @@ def write(path, net, state_vars, loop, signature):
     JSON-able dict of the loop's state; its ``"best_params"`` entry, a
     list of arrays or None, is stored as arrays)."""
     loop = dict(loop)
-    arrays = {f"layer{i}_{p.name}": p.get_value()
-              for i, layer in enumerate(net.layers) for p in layer.params}
+    arrays = saving.parameters(net)
     best = loop.pop("best_params")
     for i, value in enumerate(best or ()):
         arrays[f"{PREFIX}best{i}"] = value
@@ -138,8 +133,7 @@ def write(path, net, state_vars, loop, signature):
 
 def _architecture(net):
     try:
-        return {"format": saving.FORMAT, "mini_batch_size": net.mini_batch_size,
-                "layers": [saving.describe(layer) for layer in net.layers]}
+        return saving.architecture(net)
     except (TypeError, ValueError):  # a layer of the reader's own: not loadable
         return {"format": None}
 

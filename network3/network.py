@@ -144,8 +144,8 @@ class Network:
                         print("This is the best validation accuracy to date.")
                         record.new_best(validation_accuracy, iteration, self._get_params())
                         if test is not None:
-                            record.test_accuracy = np.mean(
-                                [test_mb_accuracy(j) for j in range(num_test_batches)])
+                            record.test_accuracy = float(np.mean(  # (a checkpoint's JSON)
+                                [test_mb_accuracy(j) for j in range(num_test_batches)]))
                             print(f"The corresponding test accuracy is {record.test_accuracy:.2%}")
                     record.end_epoch(validation_accuracy)
                 except (KeyboardInterrupt, _Diverged) as err:

@@ -63,13 +63,23 @@ def describe(layer):
 
 def save(net, filename):
     """Write ``net``'s architecture and parameters to ``filename`` (.npz)."""
-    spec = {"format": FORMAT, "mini_batch_size": net.mini_batch_size,
-            "layers": [describe(layer) for layer in net.layers]}
-    arrays = {f"layer{i}_{p.name}": p.get_value()
-              for i, layer in enumerate(net.layers) for p in layer.params}
     buffer = io.BytesIO()
-    np.savez(buffer, architecture=np.array(json.dumps(spec)), **arrays)
+    np.savez(buffer, architecture=np.array(json.dumps(architecture(net))),
+             **parameters(net))
     atomic_write(Path(filename), buffer.getvalue())
+
+
+def architecture(net):
+    """The file's JSON description of ``net`` (TypeError or ValueError for
+    a layer it cannot describe)."""
+    return {"format": FORMAT, "mini_batch_size": net.mini_batch_size,
+            "layers": [describe(layer) for layer in net.layers]}
+
+
+def parameters(net):
+    """``net``'s parameter values by their name in the file."""
+    return {f"layer{i}_{p.name}": p.get_value()
+            for i, layer in enumerate(net.layers) for p in layer.params}
 
 
 @contextlib.contextmanager
