@@ -7,9 +7,10 @@
 * Settings given on the command line are checked before any run starts.
 * The data a run reads is read once per process, however its file is named.
 * ``--force`` never overwrites a saved network an earlier record points to.
-* Records carry versions and the accelerator's state, even if reading the
-  state fails; the results table counts a run once and keeps quick runs out
-  of the README's table; the figures read records as conv.py does.
+* Records carry versions, the git commit of the code that ran them and
+  the accelerator's state, even if reading the state fails; the results
+  table counts a run once and keeps quick runs out of the README's table;
+  the figures read records as conv.py does.
 
 Everything but the first test runs without training (a stand-in for
 ``training.train``) or on a tiny synthetic data file: seconds in all."""
@@ -95,6 +96,7 @@ def test_a_killed_command_continues_from_its_last_finished_epoch(tmp_path, mnist
     assert not checkpoint.exists()  # removed once the record was written
     assert set(record["versions"]) == {"network3", "pytensor", "numba", "numpy", "python"}
     assert record["versions"]["network3"] == network3.__version__
+    assert record["commit"] == experiments.commit()
     assert record["accelerator"] == uninterrupted["accelerator"] == "on"
 
     # recorded: the same command once more trains nothing
@@ -196,6 +198,37 @@ def test_a_recorded_run_leaves_no_checkpoint_behind(tmp_path, monkeypatch, capsy
     assert conv.main(["shallow", "--out", str(out), "--no-save"]) == 0
     assert "skipped, already recorded" in capsys.readouterr().out
     assert not run.checkpoint().exists()
+
+
+def test_records_name_the_commit_of_the_code_that_ran(tmp_path):
+    def git(where, *args):
+        return subprocess.run(["git", "-C", str(where), "-c", "user.name=t",
+                               "-c", "user.email=t@t", *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    here = Path(network3.__file__).resolve().parent.parent
+    assert experiments.commit().partition("+")[0] == git(here, "rev-parse", "HEAD")
+
+    repo = tmp_path / "repo"
+    for name in ("network3/layers.py", "scripts/conv.py", "results/shallow.jsonl"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("one\n")
+    git(repo.parent, "init", "-q", "repo")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    head = git(repo, "rev-parse", "HEAD")
+    assert experiments.commit(repo) == head
+    # records appended while runs go do not make the code "changed"
+    (repo / "results/shallow.jsonl").write_text("one\ntwo\n")
+    assert experiments.commit(repo) == head
+    (repo / "network3/layers.py").write_text("two\n")
+    assert experiments.commit(repo) == head + "+changed"
+    (repo / "network3/layers.py").write_text("one\n")
+    (repo / "scripts/conv.py").write_text("two\n")
+    assert experiments.commit(repo) == head + "+changed"
+    # not a checkout, or a copy inside some other repository: no commit to name
+    (tmp_path / "plain").mkdir()
+    assert experiments.commit(tmp_path / "plain") is None
+    assert experiments.commit(repo / "results") is None
 
 
 def test_the_accelerator_field_never_stops_a_record(monkeypatch):

@@ -43,6 +43,7 @@ from .driver import Outcome, execute  # noqa: F401
 from .records import (  # noqa: F401
     accelerator,
     append_record,
+    commit,
     decode_labels,
     encode_labels,
     ensemble_from_records,

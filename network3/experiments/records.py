@@ -3,13 +3,14 @@
 ``append_record`` appends a line under a file lock, flushed and fsynced,
 and never a second record of the same run; ``read_records`` skips a line
 cut off by a crash.  A record also says where and with what it ran
-(``machine``, ``versions``, ``accelerator``), and keeps the labels its net
+(``machine``, ``versions``, ``commit``, ``accelerator``), and keeps the labels its net
 gave the validation and test images, so that ensembles are voted from
 records (``vote_records``, ``ensemble_from_records``)."""
 
 import json
 import os
 import platform
+import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -152,6 +153,34 @@ def versions():
             found[name] = None
     found["python"] = platform.python_version()
     return found
+
+
+def commit(root=None):
+    """The git commit of the network3 code that ran (in the checkout at
+    ``root``, default the one this network3 was imported from), with
+    "+changed" when its package or scripts differ from that commit; None
+    where network3 is not a git checkout (an installed copy)."""
+    if root is None:
+        import network3
+        root = Path(network3.__file__).resolve().parent.parent
+    root = Path(root).resolve()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=30)
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        # a network3 installed inside some other repository is not that repository's
+        if top.returncode or Path(top.stdout.strip()).resolve() != root:
+            return None
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--",
+                      "network3", "scripts")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode or changed.returncode:
+        return None
+    return head.stdout.strip() + ("+changed" if changed.stdout.strip() else "")
 
 
 def accelerator():

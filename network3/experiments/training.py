@@ -12,7 +12,7 @@ from ..network import Network
 from ..saving import describe
 from .book import AUGMENT, AUGMENT_OPTIONS, SCHEDULE, build, mini_batch_size
 from .book import eta_at as eta_at_epoch
-from .records import accelerator, encode_labels, machine, versions
+from .records import accelerator, commit, encode_labels, machine, versions
 
 DATA_SETS = ("mnist", "expanded")
 # the data sets read in this process, by the resolved path of their file:
@@ -113,7 +113,7 @@ def train(spec, data=None, augment=None, report=None):
               "test_accuracy": net.test_accuracy,
               "wall_seconds": time.perf_counter() - start + earlier,
               "resumed_from": resumed_from, "machine": machine(),
-              "versions": versions(), "accelerator": accelerator(),
+              "versions": versions(), "commit": commit(), "accelerator": accelerator(),
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": spec.get("command"), "saved": None,
               "run_id": spec.get("run_id"),
