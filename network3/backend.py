@@ -372,6 +372,44 @@ class _FirstCall:
         return getattr(self.fn, name)
 
 
+def held_by(fn, variables):
+    """Where the compiled ``fn`` keeps each of ``variables`` (shared
+    variables its updates change): the variable itself, except a random
+    stream on the JAX backend, of which PyTensor's JAX linker compiles a
+    copy that the calls advance (the variable keeps its first value); that
+    copy is given as a ``CompiledCopy``, with the variable's
+    ``get_value``/``set_value``."""
+    maker = getattr(fn, "maker", None)
+    if maker is None:  # pytensor.function wrapped by a caller: nothing copied
+        return list(variables)
+    storage = {id(i.variable): c for i, c in zip(maker.inputs, fn.input_storage)}
+    held = []
+    for var in variables:
+        container = storage.get(id(var))
+        copied = container is not None and container.storage is not var.container.storage
+        held.append(CompiledCopy(var, container) if copied else var)
+    return held
+
+
+class CompiledCopy:
+    """A shared variable's copy inside a compiled function (see ``held_by``)."""
+
+    def __init__(self, variable, container):
+        self.variable, self.container = variable, container
+        self.name, self.type = variable.name, variable.type
+
+    def get_value(self, borrow=False):
+        value = self.container.storage[0]
+        return value if borrow else copy.deepcopy(value)
+
+    def set_value(self, value, borrow=False):
+        # (not the type's filter: it takes a stream's state only as JAX left it)
+        self.container.storage[0] = value if borrow else copy.deepcopy(value)
+
+    def __repr__(self):
+        return f"CompiledCopy({self.variable!r})"
+
+
 def to_device(*variables):
     """After ``set_value`` on shared variables that a JAX-compiled function
     reads, move their new values to the device (no-op for other backends)."""

@@ -7,7 +7,9 @@ where the uninterrupted run ends, bit for bit, because the file holds
 everything the rest of the run depends on:
 
 * the parameters, and the other variables the training step updates (the
-  momentum velocities, each dropout layer's random generator);
+  momentum velocities, each dropout layer's random generator: a numpy
+  Generator, or on the JAX backend the state PyTensor's JAX code keeps in
+  its place, from which a run resumes on the same kind of backend only);
 * the generator that shuffles and augments the training data;
 * the learning-rate schedule's state (an object's plain-number attributes,
   such as ``HalveOnPlateau``'s halved eta);
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import saving
+from . import backend, saving
 from .data import as_array, atomic_write
 
 FORMAT = "network3-checkpoint/1"
@@ -119,6 +121,8 @@ def write(path, net, state_vars, loop, signature):
         value = var.get_value(borrow=True)
         if isinstance(value, np.random.Generator):  # a dropout layer's stream
             states.append({"generator": generator_state(value)})
+        elif isinstance(value, dict) and "jax_state" in value:  # the stream on JAX
+            states.append({"jax_generator": _plain(value)})
         else:  # a momentum velocity
             arrays[f"{PREFIX}state{i}"] = np.asarray(value)
             states.append({"array": f"{PREFIX}state{i}"})
@@ -164,9 +168,19 @@ def restore(info, arrays, net, state_vars):
             f"training step updates {len(state_vars)}")
     saving.set_parameters(net, {k: v for k, v in arrays.items() if k.startswith("layer")},
                           "the checkpoint")
+    on_jax = backend.backend() == "jax"
     for var, saved in zip(state_vars, info["state_vars"]):
+        if ("generator" in saved and on_jax) or ("jax_generator" in saved and not on_jax):
+            written = "the JAX backend" if "jax_generator" in saved else "a numpy backend"
+            raise ValueError(
+                f"SGD: the checkpoint's dropout streams were written on {written}, "
+                f"and this run is on the {backend.backend()} backend, whose masks "
+                "come from another stream; resume it on the backend that wrote it, "
+                "or give another path to start a new run")
         if "generator" in saved:
             var.set_value(generator_from_state(saved["generator"]))
+        elif "jax_generator" in saved:
+            var.set_value(_from_plain(saved["jax_generator"]))
         else:
             var.set_value(arrays[saved["array"]].astype(var.dtype))
     if not info["best_params"]:
@@ -184,6 +198,26 @@ def generator_from_state(state):
     bit_generator = getattr(np.random, state["bit_generator"])()
     bit_generator.state = state
     return np.random.Generator(bit_generator)
+
+
+def _plain(value):
+    """A JAX random stream's state (a dict of numbers and JAX arrays) as
+    JSON: each array as its dtype and numbers."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    array = np.asarray(value)
+    if array.dtype == object:  # a Python int too big for 64 bits
+        return {"int": int(value)}
+    return {"array": [array.dtype.str, array.tolist()]}
+
+
+def _from_plain(state):
+    if set(state) == {"int"}:
+        return state["int"]
+    if set(state) == {"array"}:
+        dtype, numbers = state["array"]
+        return np.asarray(numbers, dtype=dtype)[()]  # a number as a numpy scalar
+    return {key: _from_plain(item) for key, item in state.items()}
 
 
 def schedule_state(eta):

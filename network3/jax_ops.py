@@ -13,6 +13,7 @@ network3 never imports jax.
 import jax
 import jax.numpy as jnp
 from pytensor.link.jax.dispatch import jax_funcify
+from pytensor.tensor.elemwise import CAReduce
 
 from . import ops
 
@@ -71,3 +72,20 @@ def _jax_funcify(op, node=None, **kwargs):
 
 for _op_class in FUNCTIONS:
     jax_funcify.register(_op_class)(_jax_funcify)
+
+
+# PyTensor's JAX reductions (3.0 to 3.3) return their accumulator's dtype,
+# not their output's: a float32 sum accumulates in float64 and stayed
+# float64, which spread through the step until a float32 network's
+# parameters came back float64.  Accumulate as PyTensor says, return the
+# output's dtype, as its C and Numba backends do.
+_stock_careduce = jax_funcify.dispatch(CAReduce)
+
+
+@jax_funcify.register(CAReduce)
+def _careduce_in_output_dtype(op, node=None, **kwargs):
+    reduce = _stock_careduce(op, node=node, **kwargs)
+    if node is None:
+        return reduce
+    dtype = node.outputs[0].dtype
+    return lambda x: reduce(x).astype(dtype)

@@ -52,7 +52,7 @@ import pytensor.tensor as pt
 
 from . import checkpoint as checkpoints
 from . import saving
-from .backend import as_floatX, blas_threads, floatX, function, get_rng, to_device
+from .backend import as_floatX, blas_threads, floatX, function, get_rng, held_by, to_device
 from .data import as_array
 from .layers import rng_updates
 
@@ -263,12 +263,14 @@ class Network:
         # new dropout masks every step (the generators' default updates do
         # this too; explicit updates make it independent of them)
         updates += rng_updates([cost])
-        # what the step changes besides the parameters (velocities, dropout
-        # streams): a checkpoint saves it
-        self.training_state = [var for var, _ in updates if var not in self.params]
-        return function(
+        train_mb = function(
             [i], cost, updates=updates,
             givens={self.x: training_x[batch], self.y: training_y[batch]})
+        # what the step changes besides the parameters (velocities, dropout
+        # streams), where the step keeps it: a checkpoint saves it
+        self.training_state = held_by(
+            train_mb, [var for var, _ in updates if var not in self.params])
+        return train_mb
 
     #### Beyond the book: prediction and accuracy on any data
     def predict(self, x, probabilities=False, batch_size=500):

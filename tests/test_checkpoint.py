@@ -92,7 +92,11 @@ def without_seconds(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
-def test_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["numba", pytest.param("jax", marks=pytest.mark.jax)])
+def test_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, capsys, backend):
+    """On JAX too, whose compiled step advances a copy of each dropout
+    stream (the checkpoint saves the copy's state, not the variable's)."""
+    network3.set_backend(backend)
     data = tiny_data()
     whole = build()
     train(whole, data, tmp_path / "whole.ckpt", Interrupting())
@@ -138,6 +142,25 @@ def test_each_state_is_needed(tmp_path):
         checkpoint.generator_from_state = original
     assert not all(np.array_equal(a.get_value(), b.get_value())
                    for a, b in zip(whole.params, again.params))
+
+
+@pytest.mark.jax
+def test_dropout_streams_resume_on_the_kind_of_backend_that_wrote_them(tmp_path):
+    """JAX draws its own masks: a JAX checkpoint continued on Numba (or the
+    other way round) would go on with other masks than either run's; it is
+    refused, naming the backends, and the checkpoint is kept."""
+    data = tiny_data()
+    for wrote, resumes in (("jax", "numba"), ("numba", "jax")):
+        path = tmp_path / f"{wrote}.ckpt"
+        network3.set_backend(wrote)
+        with pytest.raises(KeyboardInterrupt):
+            train(build(), data, path, Interrupting(at=1))
+        written = path.read_bytes()
+        network3.set_backend(resumes)
+        with pytest.raises(ValueError, match=f"written on .*{'JAX' if wrote == 'jax' else 'numpy'}"
+                           f".*this run is on the {resumes} backend"):
+            train(build(), data, path, Interrupting())
+        assert path.read_bytes() == written
 
 
 def test_finished_checkpoint_trains_nothing(tmp_path, capsys):

@@ -269,9 +269,10 @@ def test_ops_on_numba_backend_match_references(numba_results):
 def test_ops_on_jax_backend_match_numba(numba_results):
     inputs, outputs = backend_graph("float32")
     f = pytensor.function(inputs, outputs, mode="JAX")
-    # values only: PyTensor 3.0.7's JAX backend returns a float32 sum (here
-    # the L2 pool) as float64, its float64 accumulator, not cast back
+    # float32 throughout: PyTensor's JAX sums (3.0 to 3.3) return their
+    # float64 accumulator (here the L2 pool's), which jax_ops casts back
     for got, want in zip(f(*backend_inputs("float32")), numba_results):
+        assert np.asarray(got).dtype == np.float32
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
