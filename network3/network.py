@@ -52,7 +52,16 @@ import pytensor.tensor as pt
 
 from . import checkpoint as checkpoints
 from . import saving
-from .backend import as_floatX, blas_threads, floatX, function, get_rng, held_by, to_device
+from .backend import (
+    CompiledCopy,
+    as_floatX,
+    blas_threads,
+    floatX,
+    function,
+    get_rng,
+    held_by,
+    to_device,
+)
 from .data import as_array
 from .layers import rng_updates
 
@@ -268,8 +277,16 @@ class Network:
             givens={self.x: training_x[batch], self.y: training_y[batch]})
         # what the step changes besides the parameters (velocities, dropout
         # streams), where the step keeps it: a checkpoint saves it
+        earlier = {id(c.variable): c for c in getattr(self, "training_state", ())
+                   if isinstance(c, CompiledCopy)}
         self.training_state = held_by(
             train_mb, [var for var, _ in updates if var not in self.params])
+        for held in self.training_state:
+            # on JAX, a new step's copy of a dropout stream goes on from
+            # where the last SGD call's copy stopped (as the stream itself
+            # does on the other backends), not from its first state again
+            if isinstance(held, CompiledCopy) and id(held.variable) in earlier:
+                held.set_value(earlier[id(held.variable)].get_value(borrow=True))
         return train_mb
 
     #### Beyond the book: prediction and accuracy on any data

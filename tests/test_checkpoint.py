@@ -144,6 +144,21 @@ def test_each_state_is_needed(tmp_path):
                    for a, b in zip(whole.params, again.params))
 
 
+@pytest.mark.parametrize("backend", ["numba", pytest.param("jax", marks=pytest.mark.jax)])
+def test_two_sgd_calls_of_one_epoch_equal_one_call_of_two(backend):
+    """A reader's own loop of one-epoch SGD calls: each call's dropout masks
+    go on from the last call's stream (on JAX the compiled step advances a
+    copy of it, which the next call's copy took up from its first state)."""
+    network3.set_backend(backend)
+    training, validation, test = tiny_data()
+    once, twice = build(), build()
+    once.SGD(training, 2, 10, 0.1, validation, test, 0.1)
+    for _ in range(2):
+        twice.SGD(training, 1, 10, 0.1, validation, test, 0.1)
+    for a, b in zip(once.params, twice.params):
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()))
+
+
 @pytest.mark.jax
 def test_dropout_streams_resume_on_the_kind_of_backend_that_wrote_them(tmp_path):
     """JAX draws its own masks: a JAX checkpoint continued on Numba (or the
