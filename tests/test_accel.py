@@ -128,7 +128,8 @@ def test_use_accelerator_false_compiles_with_pytensors_stock_linker():
 # pooled.py, a fully connected layer at BLAS's sizes (BLAS binding), one of
 # 100 x 1000 weights with dropout (dense kernels, masks) and a softmax
 # (loops); ReLU for exact zeros.  Trained for one epoch of 5 mini-batches
-# with network3.seed(0); the parameters go to {out}.
+# with network3.seed(0) and the given momentum (not 0: the momentum kernels
+# in place of the dense update); the parameters go to {out}.
 _ALL_FAMILIES = """
 import json, sys, warnings
 warnings.simplefilter("always")
@@ -147,7 +148,7 @@ net = Network([ConvPoolLayer((16, 1, 5, 5), (10, 1, 20, 20), activation_fn=ReLU)
                SoftmaxLayer(1000, 10, p_dropout=0.5)], 10)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    net.SGD(data, 1, 10, 0.03, data, lmbda=0.1)
+    net.SGD(data, 1, 10, 0.03, data, lmbda=0.1, momentum={momentum})
 np.savez("{out}", *[p.get_value() for p in net.params])
 checked = sorted(sys.modules["network3.accel.checks"]._checked) \
     if "network3.accel.checks" in sys.modules else []
@@ -159,9 +160,9 @@ print(json.dumps({{
 """
 
 
-def _run_all_families(tmp_path, before="", env=None):
+def _run_all_families(tmp_path, before="", env=None, momentum=0.0):
     out = tmp_path / f"params{len(list(tmp_path.iterdir()))}.npz"
-    script = _ALL_FAMILIES.format(before=before, out=out)
+    script = _ALL_FAMILIES.format(before=before, out=out, momentum=momentum)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=900, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr[-4000:]
@@ -184,6 +185,14 @@ def all_families(tmp_path_factory):
     return (_run_all_families(tmp), _run_all_families(tmp, env={"NETWORK3_ACCELERATOR": "0"}))
 
 
+@pytest.fixture(scope="module")
+def all_families_momentum(tmp_path_factory):
+    """The same with momentum 0.9 (the momentum kernels)."""
+    tmp = tmp_path_factory.mktemp("all_families_momentum")
+    return (_run_all_families(tmp, momentum=0.9),
+            _run_all_families(tmp, env={"NETWORK3_ACCELERATOR": "0"}, momentum=0.9))
+
+
 def test_a_dropout_network_seeded_trains_the_same_with_the_accelerator_on_and_off(all_families):
     """network3.seed(0): the same masks, so the same parameters, whichever
     engine runs the graph (CONTRACT section 7)."""
@@ -193,12 +202,21 @@ def test_a_dropout_network_seeded_trains_the_same_with_the_accelerator_on_and_of
     _same_numbers(on, off)
 
 
+def test_with_momentum_the_network_trains_the_same_with_the_accelerator_on_and_off(
+        all_families_momentum):
+    on, off = all_families_momentum
+    assert on["status"] == "on" and on["warnings"] == []
+    assert any(name.startswith("momentum kernels") for name in on["checked"])
+    _same_numbers(on, off)
+
+
 # Each family's Op classes in the Numba dispatch table, and the variable
 # they are in (rewrites.NUMBA_FUNCTIONS: rewrites.py's and those of dense.py
 # and pooled.py it gathers)
 FAMILY_OPS = {
     "BLAS binding": "Gemm",
     "dense kernels": "dense.DenseUpdate",
+    "momentum kernels": "dense.DenseMomentum",
     "dropout masks": "dense.DropoutBits",
     "conv kernels": "rewrites.Conv2dFromCols",
     "pooled gradients": "pooled.PooledConv2dGradInputs",
@@ -241,10 +259,13 @@ rewrites.NUMBA_FUNCTIONS[op_class] = broken
 @pytest.mark.parametrize("how", ["raise", "wrong"])
 @pytest.mark.parametrize("family", list(FAMILY_OPS))
 def test_each_family_broken_falls_back_with_one_warning_and_the_same_numbers(
-        family, how, all_families, tmp_path):
-    on, off = all_families
+        family, how, request, tmp_path):
+    # (the momentum kernels: in the step with momentum only)
+    momentum = 0.9 if family == "momentum kernels" else 0.0
+    on, off = request.getfixturevalue("all_families_momentum" if momentum else "all_families")
     assert any(name.startswith(family) for name in on["checked"])  # the graph has it
-    broken = _run_all_families(tmp_path, _BREAK.format(op_class=FAMILY_OPS[family], how=how))
+    broken = _run_all_families(tmp_path, _BREAK.format(op_class=FAMILY_OPS[family], how=how),
+                               momentum=momentum)
     assert broken["status"].startswith("failed:"), broken["status"]
     assert len(broken["warnings"]) == 1, broken["warnings"]
     message = broken["warnings"][0]

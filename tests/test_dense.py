@@ -132,9 +132,11 @@ def _double_fc_dropout(mini_batch, sizes, conv):
     return network3.Network(layers, mini_batch)
 
 
-def _train(mode, lmbda, steps, sizes=(640, 1000, 10), conv=True, n_in=784, seed=7):
+def _train(mode, lmbda, steps, sizes=(640, 1000, 10), conv=True, n_in=784, seed=7,
+           momentum=0.0, eta=0.03):
     """The step of a double_fc_dropout-like network compiled in ``mode``,
-    ``steps`` times: (costs, weights, the compiled graph's Ops)."""
+    ``steps`` times: (costs, weights, the compiled graph's Ops).  ``eta``: a
+    number (a constant in the graph) or a shared variable (as SGD's)."""
     network3.seed(seed)
     net = _double_fc_dropout(10, sizes, conv)
     data = np.random.default_rng(seed)
@@ -144,7 +146,7 @@ def _train(mode, lmbda, steps, sizes=(640, 1000, 10), conv=True, n_in=784, seed=
     backend._accelerator["mode"] = mode
     checks._checked.update(checks.FAMILIES)  # (these tests compare the numbers themselves)
     try:
-        step = net.train_mb_function(x, y, 0.03, lmbda, 1000)
+        step = net.train_mb_function(x, y, eta, lmbda, 1000, momentum=momentum)
     finally:
         backend._accelerator.clear()
         backend._accelerator.update(saved)
@@ -210,6 +212,147 @@ def test_numba_step_matches_the_step_without_the_rewrites(lmbda, monkeypatch, nu
     np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
     for w, plain in zip(weights, plain_weights):
         np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+
+
+# (dtype, B, K, N, grad, sumsq, masked, decay)
+MOMENTUM_UPDATES = [
+    ("float32", 10, 37, 53, True, False, False, False),
+    ("float32", 10, 64, 40, True, True, True, True),
+    ("float32", 3, 20, 17, False, True, False, True),
+    ("float32", 16, 5, 100, True, False, True, False),
+    ("float64", 10, 37, 53, True, True, True, True),
+    ("float64", 7, 30, 11, True, False, False, False),
+    ("float64", 1, 6, 5, False, False, False, True),
+]
+
+
+def test_momentum_kernels_match_numpy():
+    """DenseMomentum against numpy, float64 (eta 0.03, mu 0.9, gamma -0.006): v
+    and w updated in place, the input gradient and sum of squares from the
+    old w.  All cases in one compiled function."""
+    updates, outputs, cases = [], [], []
+    for dtype, B, K, N, grad, sumsq, masked, decay in MOMENTUM_UPDATES:
+        w0, v0 = (rng.standard_normal((K, N)).astype(dtype) for _ in range(2))
+        x0 = _sparse((K, B), dtype)
+        d0 = rng.standard_normal((B, N)).astype(dtype)
+        f0 = (rng.random((B, K)) < 0.5) * rng.standard_normal((B, K)).astype(dtype)
+        w, v = (pytensor.shared(a.copy(), shape=(K, N)) for a in (w0, v0))
+        x, d, f = (pytensor.shared(a.astype(dtype), shape=a.shape) for a in (x0, d0, f0))
+        alpha, mu, c = (pt.constant(np.asarray(a, dtype)) for a in (-0.03, 0.9, -0.006))
+        op = dense.DenseMomentum(grad=grad, sumsq=sumsq, masked=masked, decay=decay)
+        new_w, new_v, *rest = op(w, v, x, d, alpha, mu, *[c] * decay, *[f] * masked,
+                                 return_list=True)
+        updates += [(w, new_w), (v, new_v)]
+        w64, v64, x64, d64 = (a.astype(float) for a in (w0, v0, x0, d0))
+        velocity = 0.9 * v64 - 0.03 * (x64 @ d64) - (0.006 * w64 if decay else 0)
+        expected = []
+        if grad:
+            g = d64 @ w64.T
+            expected.append(np.where(f0 != 0, f0 * g, 0) if masked else g)
+        if sumsq:
+            expected.append((w64 ** 2).sum())
+        outputs += rest
+        cases.append((w, w64 + velocity, v, velocity, expected, dtype))
+    fn = pytensor.function([], outputs, updates=updates, mode=rewrites.numba_mode())
+    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+    assert sum(isinstance(op, dense.DenseMomentum) and op.inplace for op in ops) \
+        == len(MOMENTUM_UPDATES)
+    results = iter(fn())
+    for w, new_w, v, new_v, expected, dtype in cases:
+        np.testing.assert_allclose(v.get_value(), new_v, **_tolerance(dtype))
+        np.testing.assert_allclose(w.get_value(), new_w, **_tolerance(dtype))
+        for value in expected:
+            np.testing.assert_allclose(next(results), value, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("shared_eta", [True, False])
+@pytest.mark.parametrize("lmbda", [0.0, 0.1])
+def test_the_books_momentum_step_is_rewritten_and_computes_the_same(
+        lmbda, shared_eta, monkeypatch, numba_backend):
+    """momentum=0.9 on the book's double_fc_dropout graph (Python linker),
+    eta shared (as SGD's; the step ``mu * v - eta * grad``) or a constant
+    (PyTensor makes it a gemm): each 1000-column weight matrix's w and v in
+    one DenseMomentum, in place, with the input gradient (masked) and, with
+    the L2 term, its decay and sum of squares; two steps give the numbers
+    of the graph without dense.py's rewrites."""
+    def eta():
+        return pytensor.shared(np.float32(0.03)) if shared_eta else 0.03
+    costs, weights, ops = _train(_mode("py", True, monkeypatch), lmbda, 2, momentum=0.9,
+                                 eta=eta())
+    steps = [op for op in ops if isinstance(op, dense.DenseMomentum)]
+    assert len(steps) == 2
+    assert all(op.inplace and op.masked and op.grad and op.sumsq == op.decay == (lmbda > 0)
+               for op in steps)
+    assert not any(isinstance(op, dense.DenseUpdate) for op in ops)
+    assert sum(isinstance(op, dense.DenseForward) for op in ops) == 2
+    plain_costs, plain_weights, _ = _train(_mode("py", False, monkeypatch), lmbda, 2,
+                                           momentum=0.9, eta=eta())
+    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
+    for w, plain in zip(weights, plain_weights):
+        np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 0.1])
+def test_numba_momentum_step_matches_the_step_without_the_rewrites(
+        lmbda, monkeypatch, numba_backend):
+    small = dict(sizes=(30, 40, 10), conv=False, n_in=30, steps=4, momentum=0.9)
+    with dense.everywhere():  # (matrices this small stay with OpenBLAS)
+        costs, weights, ops = _train(_mode(rewrites.GraphLinker(), True, monkeypatch),
+                                     lmbda, **small)
+    kinds = {(op.grad, op.masked, op.sumsq, op.decay, op.inplace)
+             for op in ops if isinstance(op, dense.DenseMomentum)}
+    # the first layer's input is data: no input gradient; all three layers
+    # (the softmax layer's 10 columns too, with the size thresholds lifted)
+    assert kinds == {(False, False, lmbda > 0, lmbda > 0, True),
+                     (True, True, lmbda > 0, lmbda > 0, True)}
+    plain_costs, plain_weights, ops = _train(
+        _mode(rewrites.GraphLinker(), False, monkeypatch), lmbda, **small)
+    assert not any(isinstance(op, dense.DenseMomentum | dense.DenseUpdate) for op in ops)
+    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
+    for w, plain in zip(weights, plain_weights):
+        np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_momentum_not_in_place_on_inputs_and_not_where_the_step_is_another():
+    """w and v function inputs: DenseMomentum, not in place (the inputs
+    left alone), the numbers numpy's.  Not rewritten: a decay term of
+    another matrix than w, a velocity that is w itself, a mini-batch above
+    MAX_BATCH."""
+    K, N, B = 24, 20, 5
+    w, v, u, x, d, big_x, big_d = (
+        pt.matrix(name, dtype="float32", shape=shape)
+        for name, shape in (("w", (K, N)), ("v", (K, N)), ("u", (K, N)), ("x", (B, K)),
+                            ("d", (B, N)), ("big_x", (dense.MAX_BATCH + 1, K)),
+                            ("big_d", (dense.MAX_BATCH + 1, N))))
+    eta, mu, c = np.float32(0.1), np.float32(0.9), np.float32(0.01)
+
+    def step(w, v, x, d, decay=None):
+        grad = pt.dot(x.T, d) + (0 if decay is None else c * decay)
+        new_v = mu * v - eta * grad
+        return w + new_v, new_v
+
+    def momentum_ops(outputs):
+        with dense.everywhere():
+            fn = pytensor.function([w, v, u, x, d, big_x, big_d], outputs,
+                                   mode=rewrites.numba_mode(), on_unused_input="ignore")
+        return fn, [n.op for n in fn.maker.fgraph.apply_nodes
+                    if isinstance(n.op, dense.DenseMomentum)]
+
+    new_w, new_v = step(w, v, x, d, decay=w)
+    fn, ops = momentum_ops([new_w, new_v, pt.dot(d, w.T)])
+    assert len(ops) == 1 and not ops[0].inplace and ops[0].decay and ops[0].grad
+    values = [rng.standard_normal(var.type.shape).astype("float32")
+              for var in (w, v, u, x, d, big_x, big_d)]
+    w0, v0, _, x0, d0, _, _ = (value.copy() for value in values)
+    out_w, out_v, out_g = fn(*values)
+    np.testing.assert_array_equal(values[0], w0)  # the inputs are left alone
+    np.testing.assert_array_equal(values[1], v0)
+    velocity = 0.9 * v0 - 0.1 * (x0.T @ d0 + 0.01 * w0)
+    np.testing.assert_allclose(out_v, velocity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_w, w0 + velocity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_g, d0 @ w0.T, rtol=1e-5, atol=1e-5)
+    for outputs in (step(w, v, x, d, decay=u), step(w, w, x, d), step(w, v, big_x, big_d)):
+        assert momentum_ops(list(outputs))[1] == []
 
 
 def test_not_in_place_on_an_input_and_not_masked_where_the_gradient_is_used_twice():

@@ -53,6 +53,8 @@ FAMILIES = {
         lambda op: type(op) in (Gemm, Dot22),
     "dense kernels (DenseUpdate, DenseForward)":
         lambda op: isinstance(op, dense.DenseUpdate | dense.DenseForward),
+    "momentum kernels (DenseMomentum)":
+        lambda op: isinstance(op, dense.DenseMomentum),
     "dropout masks (DropoutBits)":
         lambda op: isinstance(op, dense.DropoutBits),
     "conv kernels (Im2col, Conv2dFromCols, Conv2dGradWeightsFromCols, BlasConv2dGradInputs)":
@@ -163,11 +165,17 @@ def _test_values(node, rng, dense_gradient):
             high = (op.n_classes if isinstance(op, rewrites.PutRows)
                     else node.inputs[0].type.shape[1])  # TakeRows: labels of x's columns
             values.append(rng.integers(0, high, t.shape).astype(t.dtype))
-        elif t.ndim == 0:  # Gemm's and DenseUpdate's alpha and beta
-            values.append(np.asarray(-0.03 if i == 1 or i == 3 else 0.99, t.dtype))
+        elif t.ndim == 0:  # Gemm's and DenseUpdate's alpha and beta, DenseMomentum's too
+            values.append(np.asarray(_SCALARS.get((type(op), i), 0.99), t.dtype))
         else:
             values.append(_with_zeros_and_ties(rng, t.shape, t.dtype))
     return values
+
+
+# The scalar inputs' test numbers, by Op and position (0.99 where not here):
+# a small negative learning rate (alpha = -eta), a momentum of 0.9
+_SCALARS = {(Gemm, 1): -0.03, (dense.DenseUpdate, 3): -0.03,
+            (dense.DenseMomentum, 4): -0.03, (dense.DenseMomentum, 5): 0.9}
 
 
 def _with_zeros_and_ties(rng, shape, dtype):

@@ -22,7 +22,12 @@ over w, and skips the products by zero that ReLU and dropout put there:
   graph only ever uses the input gradient multiplied by other factors f
   (the mask of the layer's dropout and the gradient of the ReLU below it),
   ``masked``: the update computes that product, and the input gradient only
-  where f is nonzero.
+  where f is nonzero;
+* ``DenseMomentum``: the same pass for a step with momentum
+  (``SGD(momentum=mu)``), which keeps a velocity v beside w: each row of v
+  is read and written with w's, ``v = mu * v - eta * grad`` and ``w = w +
+  v``, so the weight gradient ``x.T @ delta`` is never a matrix of its own
+  (PyTensor's graph makes it one, then passes over it, v and w again).
 
 A zero skipped is a product that adds nothing, so the numbers are the
 book's, in the weights' dtype, each sum a chain of multiply-adds in an order
@@ -30,13 +35,13 @@ of its own (to rounding); they differ only where a skipped product would
 have been 0 * inf or 0 * NaN (NaN in the plain graph; a network that far
 gone has NaN in its cost already).
 
-The kernels are LLVM code made here (``_dense_update_kernel``,
-``_dense_forward_kernel``): vectors of 64 bytes (16 float32 numbers, 8
-float64; Numba's own loops get 32-byte ones, which LLVM prefers on this
-machine's AVX-512), one copy of the inner loop per count of nonzero numbers
-in a row (so that its accumulators stay in registers), the widths static.
-docs/performance.md has each node's time against OpenBLAS's, with how it
-was measured.
+The kernels are LLVM code made here (``_dense_update_kernel``, with
+``momentum`` DenseMomentum's too, ``_dense_forward_kernel``): vectors of
+64 bytes (16 float32 numbers, 8 float64; Numba's own loops get 32-byte
+ones, which LLVM prefers on this machine's AVX-512), one copy of the inner
+loop per count of nonzero numbers in a row (so that its accumulators stay
+in registers), the widths static.  docs/performance.md has each node's
+time against OpenBLAS's, with how it was measured.
 
 Dropout masks (``DropoutBits``): layers.dropout_layer defines a mask as
 numpy's integer draws and integer arithmetic on them (30 random bits a
@@ -53,8 +58,14 @@ use, when that is a product) and ``sum_of_squares(w)`` where the graph has
 them; ``local_inplace_dense_update`` makes it update w in place where
 PyTensor's destroy handler allows (as ``InplaceBlasOpt`` does for gemm);
 ``local_dense_forward`` replaces ``dot22(x, w)`` of such shapes (w not a
-transposed view); ``local_dropout_bits`` the masks.  ``POSITIONS`` says
-where each runs among PyTensor's rewrites; rewrites.py registers them.
+transposed view); ``local_dropout_bits`` the masks.  The momentum step's
+rewrite, ``local_dense_momentum``, runs before rewrites.py's (which would
+turn its new v into a gemm of ``mu * v``) and replaces ``w + v_new`` and
+v_new with a ``DenseMomentum``; ``local_dense_momentum_clients`` then adds
+the input gradient and the sum of squares as for DenseUpdate, and
+``local_inplace_dense_momentum`` updates w and v in place.  ``POSITIONS``
+says where each runs among PyTensor's rewrites; rewrites.py registers
+them.
 """
 
 import contextlib
@@ -75,7 +86,7 @@ from pytensor.scalar import basic as ps
 from pytensor.tensor.blas import Dot22, Gemm, gemm_no_inplace
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.random.basic import IntegersRV
-from pytensor.tensor.shape import Reshape
+from pytensor.tensor.shape import Reshape, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor
 
 from . import kernels
@@ -159,6 +170,76 @@ class DenseUpdate(Op):
     def infer_shape(self, *args):  # PyTensor 3.0: (fgraph, node, shapes); 3.3: (node, shapes)
         w_shape, _, delta_shape = args[-1][:3]
         out = [w_shape]
+        if self.grad:
+            out.append((delta_shape[0], w_shape[0]))
+        if self.sumsq:
+            out.append(())
+        return out
+
+
+class DenseMomentum(Op):
+    """(w, v, x, delta, alpha, mu[, gamma][, f]) -> the new w and v of a
+    step with momentum (network.momentum_updates: alpha = -eta),
+
+        v <- mu * v + alpha * (x @ delta) [+ gamma * w],   w <- w + v,
+
+    the ``gamma * w`` term (the L2 term's: gamma = -eta * lmbda / n) with
+    ``decay``; then, as DenseUpdate's, the input gradient of the old w
+    (``grad``, ``masked``: times f) and ``sum(w**2)`` of the old w
+    (``sumsq``).  x is (K, B), delta (B, N), w and v (K, N); with
+    ``inplace`` the new w and v are written over w and v."""
+
+    __props__ = ("inplace", "grad", "sumsq", "masked", "decay")
+
+    def __init__(self, inplace=False, grad=True, sumsq=False, masked=False, decay=False):
+        self.inplace, self.grad, self.sumsq = bool(inplace), bool(grad), bool(sumsq)
+        self.masked = bool(masked) and self.grad
+        self.decay = bool(decay)
+        if self.inplace:
+            self.destroy_map = {0: [0], 1: [1]}
+
+    def make_node(self, w, v, x, delta, alpha, mu, *rest):
+        inputs = list(map(pt.as_tensor_variable, (w, v, x, delta, alpha, mu, *rest)))
+        if len(rest) != self.decay + self.masked:
+            raise TypeError(f"DenseMomentum: {len(rest)} inputs after mu, expected "
+                            f"{self.decay + self.masked} (gamma with decay, f with masked)")
+        w, v, delta = inputs[0], inputs[1], inputs[3]
+        if v.type.ndim != 2 or v.type.dtype != w.type.dtype:
+            raise TypeError(f"DenseMomentum: v is {v.type}, w {w.type}")
+        outputs = [w.type(), w.type()]  # (v has w's shape: its static one)
+        if self.grad:
+            outputs.append(pt.tensor(dtype=w.dtype,
+                                     shape=(delta.type.shape[0], w.type.shape[0])))
+        if self.sumsq:
+            outputs.append(pt.scalar(dtype=w.dtype))
+        return Apply(self, inputs, outputs)
+
+    def perform(self, node, inputs, outputs):
+        w, v, x, delta, alpha, mu, *rest = inputs
+        if v.shape != w.shape:
+            raise ValueError(f"DenseMomentum: v has shape {v.shape}, w {w.shape}")
+        gamma = rest.pop(0) if self.decay else None
+        results = []
+        if self.grad:
+            g = np.dot(delta, w.T)
+            if self.masked:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    g = np.where(rest[0] != 0, rest[0] * g, 0)
+            results.append(g.astype(w.dtype))
+        if self.sumsq:
+            results.append(np.asarray(np.vdot(w, w), dtype=w.dtype))
+        new_v = mu * v + alpha * np.dot(x, delta)
+        new_v = (new_v if gamma is None else new_v + gamma * w).astype(w.dtype)
+        new_w = (w + new_v).astype(w.dtype)
+        if self.inplace:
+            w[...], v[...] = new_w, new_v
+            new_w, new_v = w, v
+        for storage, value in zip(outputs, [new_w, new_v] + results):
+            storage[0] = value
+
+    def infer_shape(self, *args):  # PyTensor 3.0: (fgraph, node, shapes); 3.3: (node, shapes)
+        w_shape, _, _, delta_shape = args[-1][:4]
+        out = [w_shape, w_shape]
         if self.grad:
             out.append((delta_shape[0], w_shape[0]))
         if self.sumsq:
@@ -253,10 +334,21 @@ def local_dense_update(fgraph, node):
     (K, N), B = w.type.shape, x.type.shape[1]
     if not _fits(B, K, N, w.type.dtype):
         return None
+    grad, squares, factors = _absorbed(fgraph, w, delta, [x, alpha, beta], node.outputs)
+    op = DenseUpdate(grad=grad is not None, sumsq=squares is not None, masked=bool(factors))
+    outputs = op(w, x, delta, alpha, beta, *factors, return_list=True)
+    return _replaced(node.outputs, grad, squares, outputs)
+
+
+def _absorbed(fgraph, w, delta, inputs, outputs):
+    """What a node updating w from delta (and ``inputs``; its ``outputs``)
+    computes besides: (the input gradient it replaces, None if none;
+    sum_of_squares(w), or None; [f] if the gradient is masked by f, else
+    [])."""
     dot, squares = _clients(fgraph, w, delta)
     # the new node computes them from its own inputs, which must not
     # depend on them
-    before = set(ancestors([x, delta, alpha, beta]))
+    before = set(ancestors([w, delta, *inputs]))
     if dot is not None and dot.outputs[0] in before:
         dot = None
     if squares is not None and squares.outputs[0] in before:
@@ -266,15 +358,20 @@ def local_dense_update(fgraph, node):
     factors = []
     if product is not None:
         f = product[1][0] if len(product[1]) == 1 else pt.mul(*product[1])
-        if not set(ancestors([f])) & {grad, product[0].outputs[0], node.outputs[0]}:
+        if not set(ancestors([f])) & {grad, product[0].outputs[0], *outputs}:
             grad, factors = product[0].outputs[0], [f]
-    op = DenseUpdate(grad=dot is not None, sumsq=squares is not None, masked=bool(factors))
-    outputs = op(w, x, delta, alpha, beta, *factors, return_list=True)
-    replaced = {node.outputs[0]: outputs.pop(0)}
-    if dot is not None:
-        replaced[grad] = outputs.pop(0)
-    if squares is not None:
-        replaced[squares.outputs[0]] = outputs.pop(0)
+    return grad, (squares.outputs[0] if squares is not None else None), factors
+
+
+def _replaced(old, grad, squares, new):
+    """The replacements of a rewrite by DenseUpdate or DenseMomentum: its
+    ``old`` outputs, then the input gradient and sum of squares it took in
+    (where not None), by the ``new`` node's outputs in that order."""
+    new = list(new)
+    replaced = {var: new.pop(0) for var in old}
+    for var in (grad, squares):
+        if var is not None:
+            replaced[var] = new.pop(0)
     return replaced
 
 
@@ -287,6 +384,126 @@ def local_inplace_dense_update(fgraph, node):
     op = DenseUpdate(inplace=True, grad=node.op.grad, sumsq=node.op.sumsq,
                      masked=node.op.masked)
     return op(*node.inputs, return_list=True)
+
+
+def _velocity(var, w):
+    """(v, x, delta, alpha, mu, gammas) where var is ``mu * v + alpha * (x @
+    delta) + sum(gammas) * w`` in one of the forms PyTensor leaves
+    momentum_updates' new v in, else None:
+
+    * ``mu * v - eta * (dot(x, delta) [+ c * w ...])`` (eta a variable, as
+      SGD's is);
+    * ``gemm(v, alpha, x, delta, mu) [+ gamma * w ...]`` (eta a constant:
+      PyTensor's own BLAS rewrite makes the gemm), either maybe in a
+      SpecifyShape."""
+    from .rewrites import _is, _is_matrix_dot, _split_scale  # (rewrites.py imports this module)
+    while var.owner is not None and isinstance(var.owner.op, SpecifyShape):
+        var = var.owner.inputs[0]
+    if var.owner is None:
+        return None
+    if isinstance(var.owner.op, Gemm):
+        z, alpha, x, delta, beta = var.owner.inputs
+        scale, v = _split_scale(z)
+        return v, x, delta, alpha, beta if scale is None else beta * scale, []
+    if _is(var, ps.Add):  # gemm(...) + gamma * w ...
+        decay = [_split_scale(t) for t in var.owner.inputs]
+        others = [t for t, (_, rest) in zip(var.owner.inputs, decay) if rest is not w]
+        found = _velocity(others[0], w) if len(others) == 1 else None
+        if found is None or found[-1]:
+            return None
+        gammas = [pt.constant(1.0, dtype=w.dtype) if c is None else c
+                  for c, rest in decay if rest is w]
+        return (*found[:-1], gammas)
+    if not _is(var, ps.Sub):
+        return None
+    mu, v = _split_scale(var.owner.inputs[0])
+    eta, term = _split_scale(var.owner.inputs[1])
+    if mu is None or eta is None:
+        return None
+    terms = term.owner.inputs if _is(term, ps.Add) else [term]
+    dots = [t for t in terms if _is_matrix_dot(t)]
+    if len(dots) != 1:
+        return None
+    gammas = []  # -eta * c for every c * w term (the L2 term's gradient)
+    for t in terms:
+        if t is not dots[0]:
+            c, rest = _split_scale(t)
+            if rest is not w:
+                return None
+            gammas.append(-eta if c is None else -eta * c)
+    return (v, *dots[0].owner.inputs, -eta, mu, gammas)
+
+
+@node_rewriter([Elemwise])
+def local_dense_momentum(fgraph, node):
+    """w + v_new, v_new = mu * v + alpha * (x @ delta) [+ gamma * w]
+    (network.py's momentum_updates; ``_velocity`` has the forms)  ->
+    DenseMomentum(w, v, x, delta, alpha, mu[, gamma]), the new w and the
+    new v, for parameters w and v (variables of the graph's own, not
+    computed ones) of static shape (K, N) that ``_fits``, x (K, B <=
+    MAX_BATCH).  It runs before
+    rewrites.py's, which would make v_new ``gemm(mu * v, ...)`` where the
+    step has no L2 term; ``local_dense_momentum_clients`` then takes in the
+    input gradient and the sum of squares, as DenseUpdate does."""
+    if not (isinstance(node.op.scalar_op, ps.Add) and len(node.inputs) == 2):
+        return None
+    for w, v_new in (node.inputs, node.inputs[::-1]):
+        found = _velocity(v_new, w) if w.owner is None else None
+        if found is not None:
+            break
+    else:
+        return None
+    v, x, delta, alpha, mu, gammas = found
+    if w.type.ndim != 2 or node.outputs[0].type != w.type or v is w or v.owner is not None:
+        return None
+    (K, N), B = w.type.shape, x.type.shape[1]
+    if (any(t.type.ndim != 2 or t.type.dtype != w.type.dtype for t in (v, x, delta, v_new))
+            or x.type.shape[0] not in (K, None) or not _fits(B, K, N, w.type.dtype)
+            or any(s not in (k, None) for s, k in zip(v.type.shape, (K, N)))
+            or any(s.type.ndim != 0 for s in (alpha, mu, *gammas))):
+        return None
+    if v.type.shape != (K, N):  # (shared variables have no static shape)
+        v = pt.specify_shape(v, (K, N))
+    gamma = [pt.cast(pt.add(*gammas) if len(gammas) > 1 else gammas[0], w.dtype)] \
+        if gammas else []
+    op = DenseMomentum(grad=False, decay=bool(gammas))
+    new_w, new_v = op(w, v, x, delta, pt.cast(alpha, w.dtype), pt.cast(mu, w.dtype), *gamma)
+    replaced = {node.outputs[0]: new_w, v_new: new_v}
+    # the new v where the graph has it without the SpecifyShape too
+    while v_new.owner is not None and isinstance(v_new.owner.op, SpecifyShape):
+        v_new = v_new.owner.inputs[0]
+        replaced[v_new] = new_v
+    return replaced
+
+
+@node_rewriter([DenseMomentum])
+def local_dense_momentum_clients(fgraph, node):
+    """DenseMomentum, with dot22(delta, w.T) and sum_of_squares(w) where the
+    graph has them  ->  DenseMomentum that computes them too (in its one
+    pass over w), the input gradient masked as in ``local_dense_update``."""
+    op = node.op
+    if op.grad or op.sumsq:
+        return None
+    w, v, x, delta, *others = node.inputs
+    grad, squares, factors = _absorbed(fgraph, w, delta, [v, x, *others], node.outputs)
+    if grad is None and squares is None:
+        return None
+    new = DenseMomentum(grad=grad is not None, sumsq=squares is not None,
+                        masked=bool(factors), decay=op.decay)
+    outputs = new(*node.inputs, *factors, return_list=True)
+    return _replaced(node.outputs, grad, squares, outputs)
+
+
+@node_rewriter([DenseMomentum])
+def local_inplace_dense_momentum(fgraph, node):
+    """DenseMomentum  ->  DenseMomentum(inplace=True), w and v both, where
+    PyTensor's destroy handler allows it (else both are copied)"""
+    op = node.op
+    if op.inplace:
+        return None
+    new = DenseMomentum(inplace=True, grad=op.grad, sumsq=op.sumsq, masked=op.masked,
+                        decay=op.decay)
+    return new(*node.inputs, return_list=True)
 
 
 @node_rewriter([Dot22])
@@ -416,17 +633,22 @@ def local_inplace_dropout_bits(fgraph, node):
 # After rewrites.py's rewrites (48.5), which make the gemm and the Dot22
 # nodes, and before fusion (49); the update first, so that the forward
 # rewrite never sees the input gradient's product.
-FUSE = dfs_rewriter(local_dense_update, name="network3_dense_update")
+FUSE = dfs_rewriter(local_dense_update, local_dense_momentum_clients,
+                    name="network3_dense_update")
 FORWARD = dfs_rewriter(local_dense_forward, name="network3_dense_forward")
+# Before rewrites.py's (48.5), which turn the momentum step's products into
+# Dot22 and gemm nodes
+MOMENTUM = dfs_rewriter(local_dense_momentum, name="network3_dense_momentum")
 # After PyTensor's destroy handler is added (49.5), as its InplaceBlasOpt (50.2)
-INPLACE = dfs_rewriter(local_inplace_dense_update, name="network3_dense_inplace")
+INPLACE = dfs_rewriter(local_inplace_dense_update, local_inplace_dense_momentum,
+                       name="network3_dense_inplace")
 # Right after PyTensor's first merge (0), before its canonicalisation (1)
 # rewrites the mask's arithmetic (differently for different sizes); in place
 # after its destroy handler is added (49.5), where it makes its random
 # variables draw in place (50.9)
 MASKS = dfs_rewriter(local_dropout_bits, name="network3_dropout_bits")
 INPLACE_MASKS = dfs_rewriter(local_inplace_dropout_bits, name="network3_dropout_bits_inplace")
-POSITIONS = ((FUSE, 48.6), (FORWARD, 48.7), (MASKS, 0.01), (INPLACE, 50.3),
+POSITIONS = ((MOMENTUM, 48.4), (FUSE, 48.6), (FORWARD, 48.7), (MASKS, 0.01), (INPLACE, 50.3),
              (INPLACE_MASKS, 50.9))
 
 
@@ -558,14 +780,18 @@ def _switch(code, count, cases, body):
 _KERNELS = {}
 
 
-def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
-    """An intrinsic ``kernel(w, count, rows, values, factors, delta, g, ss,
-    alpha, beta)`` for w (K, N), N = ``n_cols`` (a constant: the rows of
-    delta at fixed offsets), delta (B, N), and x (K, B) given by its nonzero
-    numbers (``_nonzeros``: row i's ``count[i]`` of them first in
+def _dense_update_kernel(B, grad, sumsq, masked, n_cols, momentum=False, decay=False):
+    """An intrinsic ``kernel(w, v, count, rows, values, factors, delta, g,
+    ss, alpha, beta, mu)`` for w (K, N), N = ``n_cols`` (a constant: the rows
+    of delta at fixed offsets), delta (B, N), and x (K, B) given by its
+    nonzero numbers (``_nonzeros``: row i's ``count[i]`` of them first in
     ``values[i]``, their columns in ``rows[i]``).  In place,
 
         w <- beta * w + alpha * (x @ delta),
+
+    or with ``momentum`` (v (K, N), read and written in the same pass)
+
+        v <- mu * v + alpha * (x @ delta) [+ beta * w, with decay],  w <- w + v,
 
     each row's product a sum over the row's listed numbers (a zero adds
     nothing), one pass over w; with ``sumsq``, ss[0] (float64) <- sum(w**2)
@@ -576,13 +802,13 @@ def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
       nonzero, g (zeros) left alone elsewhere; the lists then hold the
       numbers of x where x or f is nonzero, and ``factors[i, m]`` the f
       of ``rows[i, m]``."""
-    key = ("update", B, grad, sumsq, masked, n_cols)
+    key = ("update", B, grad, sumsq, masked, n_cols, momentum, decay)
     if key in _KERNELS:
         return _KERNELS[key]
 
     @intrinsic
-    def kernel(typingctx, w, count, rows, values, factors, delta, g, ss, alpha, beta):
-        sig = types.void(w, count, rows, values, factors, delta, g, ss, alpha, beta)
+    def kernel(typingctx, w, v, count, rows, values, factors, delta, g, ss, alpha, beta, mu):
+        sig = types.void(w, v, count, rows, values, factors, delta, g, ss, alpha, beta, mu)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
@@ -591,10 +817,9 @@ def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
             width = VECTOR_BYTES // code.itemsize
             w_ptr, K, _ = _array(context, builder, tys[0], args[0])
             N = code.int(n_cols)
-            count_ptr, rows_ptr, values_ptr, factors_ptr, d_ptr, g_ptr, ss_ptr = (
-                _array(context, builder, tys[k], args[k])[0] for k in range(1, 8))
-            a = context.cast(builder, args[8], tys[8], dtype)
-            be = context.cast(builder, args[9], tys[9], dtype)
+            v_ptr, count_ptr, rows_ptr, values_ptr, factors_ptr, d_ptr, g_ptr, ss_ptr = (
+                _array(context, builder, tys[k], args[k])[0] for k in range(1, 9))
+            a, be, m = (context.cast(builder, args[k], tys[k], dtype) for k in (9, 10, 11))
             total = cgutils.alloca_once_value(builder, ir.Constant(ir.DoubleType(), 0.0))
             # accumulators, per width (vectors, then one number at a time):
             # the input gradient's (per row of delta, or per listed number
@@ -604,9 +829,21 @@ def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
             sq = {k: code.var(k) for k in widths}
             splat_a = {k: code.splat(a, k) for k in widths}
             splat_b = {k: code.splat(be, k) for k in widths}
+            splat_m = {k: code.splat(m, k) for k in widths}
 
             def accumulate(k, p, d, old):
                 builder.store(code.fma(d, old, builder.load(acc[k][p])), acc[k][p])
+
+            def momentum_step(k, where, old, u):
+                # v = mu * v + alpha * u [+ gamma * old], then w = old + v
+                # (u is None where the row of x is all zeros)
+                velocity = builder.fmul(splat_m[k], code.load(v_ptr, where, k))
+                if u is not None:
+                    velocity = code.fma(splat_a[k], u, velocity)
+                if decay:
+                    velocity = code.fma(splat_b[k], old, velocity)
+                code.store(velocity, v_ptr, where, k)
+                code.store(builder.fadd(old, velocity), w_ptr, where, k)
 
             def sum_of(variables):
                 """The sum of the numbers of a variable per width."""
@@ -650,9 +887,13 @@ def _dense_update_kernel(B, grad, sumsq, masked, n_cols):
                                 accumulate(k, m, d, old)
                             u = (builder.fmul(splats[k][m], d) if u is None
                                  else code.fma(splats[k][m], d, u))
-                        new = (builder.fmul(splat_b[k], old) if u is None
-                               else code.fma(splat_b[k], old, builder.fmul(splat_a[k], u)))
-                        code.store(new, w_ptr, builder.add(at, j), k)
+                        where = builder.add(at, j)
+                        if momentum:
+                            momentum_step(k, where, old, u)
+                        else:
+                            new = (builder.fmul(splat_b[k], old) if u is None
+                                   else code.fma(splat_b[k], old, builder.fmul(splat_a[k], u)))
+                            code.store(new, w_ptr, where, k)
 
                     _column_loops(code, n_cols, width, columns)
                     for m in range(c if grad and masked else 0):
@@ -843,8 +1084,9 @@ def _numba_funcify_dense_update(op, node, **kwargs):
             factors = values
             g = np.empty((B, K), wc.dtype)
         ss = np.zeros(1, np.float64)
-        kernel(wc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
-               alpha[()], beta[()])
+        # (v and mu: the momentum kernel's, unused here)
+        kernel(wc, wc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
+               alpha[()], beta[()], beta[()])
         if wc.ctypes.data != out.ctypes.data:
             for i in range(K):
                 for j in range(N):
@@ -860,6 +1102,62 @@ def _numba_funcify_dense_update(op, node, **kwargs):
     fn = compile_numba_function_src(source, "dense_update", global_env={"update": update})
     return inner(fn), _cache_key(
         f"update {B} {N} {inplace} {op.grad} {op.sumsq} {masked}")
+
+
+def _numba_funcify_dense_momentum(op, node, **kwargs):
+    from pytensor.link.numba.cache import compile_numba_function_src
+    B = node.inputs[2].type.shape[1]
+    N = node.inputs[0].type.shape[1]
+    inplace, masked, decay = op.inplace, op.masked, op.decay
+    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N, momentum=True, decay=decay)
+
+    @kernels.inline
+    def contiguous_copy(a):
+        """a itself in place, else a copy; and a C-contiguous array of its
+        numbers (a itself, when it is: always, here)."""
+        if inplace:
+            out = a
+        else:
+            out = np.copy(a)
+        return out, np.ascontiguousarray(out)
+
+    @kernels.inline
+    def copy_back(out, wc):
+        if wc.ctypes.data != out.ctypes.data:
+            for i in range(wc.shape[0]):
+                for j in range(wc.shape[1]):
+                    out[i, j] = wc[i, j]
+
+    @kernels.inline
+    def update(w, v, x, delta, alpha, mu, gamma, f):
+        out, wc = contiguous_copy(w)
+        v_out, vc = contiguous_copy(v)
+        K = wc.shape[0]
+        if masked:
+            count, rows, values, factors = _nonzeros_or(x, f, B, K)
+            g = np.zeros((B, K), wc.dtype)
+        else:
+            count, rows, values = _nonzeros(x, B, K)
+            factors = values
+            g = np.empty((B, K), wc.dtype)
+        ss = np.zeros(1, np.float64)
+        kernel(wc, vc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
+               alpha[()], gamma[()], mu[()])
+        copy_back(out, wc)
+        copy_back(v_out, vc)
+        return out, v_out, g, np.asarray(wc.dtype.type(ss[0]))
+
+    # the node's function: its inputs, its outputs (without decay, gamma
+    # is alpha, unused; without masked, f is x, unused)
+    args = "w, v, x, delta, alpha, mu" + (", gamma" if decay else "") + (", f" if masked else "")
+    outputs = ["out", "v_out"] + ["g"] * op.grad + ["ss"] * op.sumsq
+    source = (f"def dense_momentum({args}):\n"
+              f"    out, v_out, g, ss = update(w, v, x, delta, alpha, mu, "
+              f"{'gamma' if decay else 'alpha'}, {'f' if masked else 'x'})\n"
+              f"    return {', '.join(outputs)}\n")
+    fn = compile_numba_function_src(source, "dense_momentum", global_env={"update": update})
+    return inner(fn), _cache_key(
+        f"momentum {B} {N} {inplace} {op.grad} {op.sumsq} {masked} {decay}")
 
 
 def _numba_funcify_dense_forward(op, node, **kwargs):
@@ -907,6 +1205,7 @@ def _numba_funcify_dropout_bits(op, node, **kwargs):
 
 NUMBA_FUNCTIONS = {
     DenseUpdate: _numba_funcify_dense_update,
+    DenseMomentum: _numba_funcify_dense_momentum,
     DenseForward: _numba_funcify_dense_forward,
     DropoutBits: _numba_funcify_dropout_bits,
 }
