@@ -19,7 +19,11 @@ the L2 term as ``weight_decay = lmbda / num_training_batches`` on the
 weights only (the gradient of the book's ``0.5*lmbda/n * sum(w**2)``),
 non-inverted dropout masks on the layer inputs, true convolutions (flipped
 kernels) with max-pooling, the mean negative log-likelihood of the softmax
-(``F.cross_entropy``), the book's initialisation.  Per step: the mean over
+(``F.cross_entropy``), the book's initialisation.  With ``--momentum MU``
+(chapter 3's momentum, off in the book's chapter 6): network3's
+``momentum=MU`` in its step, PyTorch's ``torch.optim.SGD(...,
+momentum=MU)``, as their users write them (the same steps at a constant
+eta: PyTorch's velocity is network3's divided by -eta).  Per step: the mean over
 --steps steps after --warmup steps (a run stops timing after 30 s and
 warming up after 7.5 s: PyTorch's thread pool on a busy machine can take
 a hundred times longer a step), waiting for JAX's asynchronous results;
@@ -50,6 +54,7 @@ slow numpy's OpenBLAS: the header says whether they were set.
 
     python scripts/benchmark.py --out results/benchmark.md
     python scripts/benchmark.py --nets dbl_conv_relu --steps 200 --repeats 3
+    python scripts/benchmark.py --nets double_fc_dropout --momentum 0.9 --no-cold
     /work/venv313/bin/python scripts/benchmark.py --torch-python .venv/bin/python
     python scripts/benchmark.py --check-cost --nets dbl_conv_relu double_fc_dropout
 """
@@ -110,11 +115,12 @@ def layers_spec(name):
     return spec["act"], out
 
 
-def settings(name):
+def settings(name, momentum=0.0):
     spec = NETS[name]
     p = max(layer[3] for layer in spec["layers"] if layer[0] != "conv")
     text = f"eta {spec['eta']}, lmbda {spec['lmbda']}"
-    return text + (f", p_dropout {p}" if p else "")
+    return text + (f", p_dropout {p}" if p else "") + (f", momentum {momentum}" if momentum
+                                                       else "")
 
 
 def synthetic(n):
@@ -169,10 +175,11 @@ _steps_timed = 0  # the last run's timed steps
 
 
 #### network3
-def time_network3(name, steps, backend="numba", gpu=False, warmup=100):
+def time_network3(name, steps, backend="numba", gpu=False, warmup=100, momentum=0.0):
     """(first call s, s per step) of network3's training step for network
-    ``name`` at the book's settings; the first call includes importing
-    network3, building the network and compiling its step."""
+    ``name`` at the book's settings (and ``momentum``); the first call
+    includes importing network3, building the network and compiling its
+    step."""
     start = time.perf_counter()
     import pytensor
 
@@ -205,7 +212,7 @@ def time_network3(name, steps, backend="numba", gpu=False, warmup=100):
     x, y = synthetic((steps + warmup + 1) * MINI_BATCH)
     train_mb = net.train_mb_function(
         pytensor.shared(x), pytensor.shared(y), spec["eta"], spec["lmbda"],
-        spec["images"] // MINI_BATCH)
+        spec["images"] // MINI_BATCH, momentum=momentum)
     with network3.backend.blas_threads():  # as SGD does
         first_call, per_step, done = _timed_loop(train_mb, steps, warmup, start)
     global _steps_timed
@@ -214,7 +221,7 @@ def time_network3(name, steps, backend="numba", gpu=False, warmup=100):
 
 
 #### PyTorch, as its users write it, with the book's semantics
-def time_torch(name, steps, threads=None, warmup=100):
+def time_torch(name, steps, threads=None, warmup=100, momentum=0.0):
     """(first call s, s per step) of the same network's step in PyTorch
     (eager, CPU); ``threads``: torch.set_num_threads (None: its default)."""
     start = time.perf_counter()
@@ -276,7 +283,8 @@ def time_torch(name, steps, threads=None, warmup=100):
     weight_decay = spec["lmbda"] / (spec["images"] // MINI_BATCH)
     optimizer = torch.optim.SGD(
         [{"params": weights, "weight_decay": weight_decay},
-         {"params": biases, "weight_decay": 0.0}], lr=spec["eta"], foreach=True)
+         {"params": biases, "weight_decay": 0.0}], lr=spec["eta"], momentum=momentum,
+        foreach=True)
     x, y = synthetic((steps + warmup + 1) * MINI_BATCH)
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
 
@@ -456,10 +464,10 @@ def worker(args):
     threads = None
     if args.worker == "network3":
         first, per_step = time_network3(args.net, args.steps, args.backend, args.gpu,
-                                        warmup=args.warmup)
+                                        warmup=args.warmup, momentum=args.momentum)
     else:
         first, per_step, threads = time_torch(args.net, args.steps, args.threads,
-                                              warmup=args.warmup)
+                                              warmup=args.warmup, momentum=args.momentum)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "threads": threads, "first_call_s": first, "steps": _steps_timed,
@@ -704,6 +712,7 @@ def build_report(ctx, results, floor):
               "network3, fastest against fastest (each round's own ratio in "
               "brackets)", ""]
     t_threads = ctx.get("torch_threads", "default")
+    momentum = ctx.get("momentum", 0.0)
     lines += ["| net (book's settings) | network3 ms/step | PyTorch 1 thread ms/step | "
               f"PyTorch {t_threads} threads ms/step | network3 JAX (CPU) ms/step | "
               "network3 s/epoch | PyTorch s/epoch | speed-up per epoch | "
@@ -724,7 +733,7 @@ def build_report(ctx, results, floor):
             if len(rounds) > 1:
                 ratio += f" ({min(rounds):.2f}-{max(rounds):.2f}x)"
         lines.append(
-            f"| {name} ({settings(name)}) | {_ms(n3)} | {_ms(t1) if t1 else '-'} | "
+            f"| {name} ({settings(name, momentum)}) | {_ms(n3)} | {_ms(t1) if t1 else '-'} | "
             f"{_ms(td) if td else '-'} | {_ms(jx) if jx else '-'} | {_epoch(n3_best)} | "
             f"{_epoch(torch_best)} | {ratio} | {_epoch(jax_best)} |")
     cut = [f"{name} {label} ({', '.join(str(x['steps']) for x in runs if 'steps' in x)})"
@@ -811,6 +820,9 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved rounds; the fastest run of each counts "
                         "(default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.0, metavar="MU",
+                        help="train with momentum MU (network3's momentum=MU, "
+                        "torch.optim.SGD's momentum=MU; default: 0, the book's)")
     parser.add_argument("--backend", default="numba", choices=["numba", "jax", "c"],
                         help="network3's backend for the main column (default: numba)")
     parser.add_argument("--torch-python", default=sys.executable, metavar="PATH",
@@ -844,6 +856,8 @@ def parse_args(argv):
         parser.error("--worker needs --net")
     if args.steps < 0 or args.warmup < 0 or args.repeats < 1:
         parser.error("--steps and --warmup must be >= 0, --repeats >= 1")
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
     return args
 
 
@@ -889,7 +903,7 @@ def run(args, raw):
         jax=(f"{jax_info}; network3.set_backend('jax')" if jax_info else
              "skipped (--no-jax)" if args.no_jax else "jax not importable: no column"),
         steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-        torch_threads=threads or "default")
+        torch_threads=threads or "default", momentum=args.momentum)
     print(f"# {command}\n# {date}, load {load_start}; {network3}; "
           f"PyTorch: {torch_info or 'none'}; JAX: {jax_info or 'none'}", flush=True)
 
@@ -907,17 +921,20 @@ def run(args, raw):
 
     results = {}
     steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    # every worker's step with it (the empty-cache run's too)
+    momentum = ["--momentum", str(args.momentum)] if args.momentum else []
     for name in args.nets:
         r = results[name] = {"cold": [], "network3": [], "torch1": [], "torch": [],
                              "jax": []}
-        print(f"{name} ({settings(name)})", flush=True)
+        print(f"{name} ({settings(name, args.momentum)})", flush=True)
         for round_ in range(args.repeats):
             cache = tempfile.mkdtemp(prefix="network3-bench-")
             try:
                 # a new, empty cache each round, filled by its first run;
                 # with --no-cold, the user's own cache
                 env = None if args.no_cold else _cache_env(cache)
-                base = ["--worker", "network3", "--net", name, "--backend", args.backend]
+                base = ["--worker", "network3", "--net", name, "--backend", args.backend,
+                        *momentum]
                 if not args.no_cold:  # fills the empty cache
                     r["cold"].append(measure(f"round {round_ + 1} network3, empty cache",
                                              me, base + ["--steps", "0", "--warmup", "0"],
@@ -925,7 +942,7 @@ def run(args, raw):
                 r["network3"].append(measure(f"round {round_ + 1} network3", me,
                                              base + steps, env))
                 if torch_info:
-                    t = ["--worker", "torch", "--net", name, *steps]
+                    t = ["--worker", "torch", "--net", name, *steps, *momentum]
                     r["torch1"].append(measure(f"round {round_ + 1} PyTorch 1 thread",
                                                args.torch_python, t + ["--threads", "1"],
                                                _torch_env(1)))
@@ -938,7 +955,8 @@ def run(args, raw):
                 if jax_info:
                     r["jax"].append(measure(
                         f"round {round_ + 1} network3 JAX", me,
-                        ["--worker", "network3", "--net", name, "--backend", "jax", *steps],
+                        ["--worker", "network3", "--net", name, "--backend", "jax", *steps,
+                         *momentum],
                         env))
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
@@ -977,7 +995,7 @@ def record(ctx, results):
     for name, r in results.items():
         n3, torch_best = _fastest(r["network3"]), _fastest(r["torch1"] + r["torch"])
         nets[name] = dict(
-            settings=settings(name), network3_ms=n3, torch_ms=torch_best,
+            settings=settings(name, ctx.get("momentum", 0.0)), network3_ms=n3, torch_ms=torch_best,
             torch1_ms=_fastest(r["torch1"]), torch_default_ms=_fastest(r["torch"]),
             jax_ms=_fastest(r["jax"]),
             speedup=torch_best / n3 if n3 and torch_best else None,

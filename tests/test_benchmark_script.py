@@ -64,6 +64,44 @@ def test_torch_worker_json():
     assert result["threads"] == 1
 
 
+@pytest.mark.parametrize("worker", ["network3", "torch"])
+def test_workers_train_with_momentum(worker):
+    if worker == "torch" and importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not importable by this Python")
+    out = _run("--worker", worker, "--net", "shallow", "--steps", "5", "--warmup", "2",
+               "--momentum", "0.9", *(["--threads", "1"] if worker == "torch" else []))
+    assert out.returncode == 0, out.stderr
+    _sane(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_momentum_goes_to_every_worker_and_into_the_report(tmp_path, monkeypatch):
+    """--momentum MU: each worker's command line has it (network3's first
+    call with an empty cache, network3's, PyTorch's and JAX's steps), the
+    report's settings say it; out of [0, 1) it is refused."""
+    calls = []
+
+    def worker(python, argv, env=None, timeout=1800):
+        calls.append(argv)
+        return {"threads": 1, "first_call_s": 1.0, "steps": 3, "step_ms": 1.0,
+                "epoch_s": 5.0, "peak_mb": 1.0}
+    probe = benchmark._probe
+    monkeypatch.setattr(benchmark, "run_worker", worker)
+    monkeypatch.setattr(benchmark, "_probe", lambda python, code: {
+        benchmark._TORCH_VERSIONS: "torch (made up)|2",
+        benchmark._JAX_VERSIONS: "jax (made up)"}.get(code) or probe(python, code))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.md"
+    benchmark.main(["--nets", "double_fc_dropout", "--steps", "3", "--warmup", "1",
+                    "--repeats", "1", "--momentum", "0.9", "--no-floor", "--out", str(out)])
+    assert len(calls) == 5  # empty cache, network3, PyTorch 1 and 2 threads, JAX
+    for argv in calls:
+        assert argv[argv.index("--momentum") + 1] == "0.9", argv
+    assert "| double_fc_dropout (eta 0.03, lmbda 0.0, p_dropout 0.5, momentum 0.9) |" \
+        in out.read_text()
+    refused = _run("--momentum", "1.0", cwd=tmp_path)
+    assert refused.returncode == 2 and "--momentum must be in [0, 1), got 1.0" in refused.stderr
+
+
 def test_main_writes_the_report(tmp_path, monkeypatch):
     """main(argv), importable: one round of network3 alone, written with its
     command line, date and versions at the top."""
