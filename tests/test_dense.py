@@ -18,6 +18,17 @@
   without dense.py's rewrites, lmbda 0 and 0.1
   (the L2 term's sum of squares summed in the update's pass): the same
   costs and weights to float32 rounding;
+* ``DenseMomentum`` (the step with momentum) compiled in Numba against
+  numpy, float32 and float64, with and without the L2 term's decay, the
+  input gradient (masked or not) and the sum of squares, w and v in place;
+  on the book's double_fc_dropout graph with momentum 0.9, eta shared (as
+  SGD's) or a constant, lmbda 0 and 0.1: the 1000-column layers' steps
+  become DenseMomentum, in place, masked, with the same numbers as without
+  dense.py's rewrites; a small network trained in Numba with momentum,
+  float32 and float64, the same with and without them; where w and v are
+  no shared variables not in place (both unchanged); not rewritten where
+  the decay term is of another matrix, the velocity is w itself or the
+  mini-batch is above MAX_BATCH;
 * where w is no shared variable the update is not in place (w unchanged);
   where the input gradient has another use it is not masked; products of
   sizes the kernels are not for stay with OpenBLAS;
@@ -140,7 +151,7 @@ def _train(mode, lmbda, steps, sizes=(640, 1000, 10), conv=True, n_in=784, seed=
     network3.seed(seed)
     net = _double_fc_dropout(10, sizes, conv)
     data = np.random.default_rng(seed)
-    x = pytensor.shared(data.random((10 * steps, n_in)).astype("float32"))
+    x = pytensor.shared(data.random((10 * steps, n_in)).astype(network3.floatX()))
     y = pytensor.shared(data.integers(0, sizes[2], 10 * steps).astype("int32"))
     saved, checked = dict(backend._accelerator), set(checks._checked)
     backend._accelerator["mode"] = mode
@@ -292,9 +303,14 @@ def test_the_books_momentum_step_is_rewritten_and_computes_the_same(
         np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("lmbda", [0.0, 0.1])
 def test_numba_momentum_step_matches_the_step_without_the_rewrites(
-        lmbda, monkeypatch, numba_backend):
+        lmbda, dtype, monkeypatch, numba_backend):
+    """A small network (the size thresholds lifted) trained with momentum
+    in Numba, float32 and float64: the same costs and weights with and
+    without dense.py's rewrites."""
+    network3.set_floatX(dtype)  # (conftest.py sets float32 again after each test)
     small = dict(sizes=(30, 40, 10), conv=False, n_in=30, steps=4, momentum=0.9)
     with dense.everywhere():  # (matrices this small stay with OpenBLAS)
         costs, weights, ops = _train(_mode(rewrites.GraphLinker(), True, monkeypatch),
@@ -308,9 +324,10 @@ def test_numba_momentum_step_matches_the_step_without_the_rewrites(
     plain_costs, plain_weights, ops = _train(
         _mode(rewrites.GraphLinker(), False, monkeypatch), lmbda, **small)
     assert not any(isinstance(op, dense.DenseMomentum | dense.DenseUpdate) for op in ops)
-    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5)
+    assert {w.dtype for w in weights} == {np.dtype(dtype)}
+    np.testing.assert_allclose(costs, plain_costs, rtol=1e-5 if dtype == "float32" else 1e-12)
     for w, plain in zip(weights, plain_weights):
-        np.testing.assert_allclose(w, plain, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(w, plain, **_tolerance(dtype))
 
 
 def test_momentum_not_in_place_on_inputs_and_not_where_the_step_is_another():
