@@ -3,6 +3,7 @@ and resumed from its checkpoint ends where the uninterrupted run ends, bit
 for bit, with dropout, shuffling, augmentation, momentum and a schedule;
 a checkpoint of another run is refused, naming the difference."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytensor
 import pytest
 
 import network3
@@ -65,11 +67,11 @@ class Shrinking:
         return f"Shrinking({self.eta0})"
 
 
-def build(seed=0):
+def build(seed=0, width=30):
     network3.seed(seed)
-    return Network([FullyConnectedLayer(n_in=784, n_out=30, activation_fn=ReLU,
+    return Network([FullyConnectedLayer(n_in=784, n_out=width, activation_fn=ReLU,
                                         p_dropout=0.2),
-                    SoftmaxLayer(n_in=30, n_out=10, p_dropout=0.5)], 10)
+                    SoftmaxLayer(n_in=width, n_out=10, p_dropout=0.5)], 10)
 
 
 def train(net, data, path, augment, **extra):
@@ -92,24 +94,35 @@ def without_seconds(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
-@pytest.mark.parametrize("backend", ["numba", pytest.param("jax", marks=pytest.mark.jax)])
-def test_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, capsys, backend):
+@pytest.mark.parametrize("backend, width", [
+    ("numba", 30),
+    ("numba", 200),  # wide enough for the accelerator's momentum kernel
+    pytest.param("jax", 30, marks=pytest.mark.jax)])
+def test_resumed_after_ctrl_c_equals_uninterrupted(tmp_path, capsys, backend, width):
     """On JAX too, whose compiled step advances a copy of each dropout
-    stream (the checkpoint saves the copy's state, not the variable's)."""
+    stream (the checkpoint saves the copy's state, not the variable's);
+    and with the accelerator's in-place momentum kernel (DenseMomentum)."""
     network3.set_backend(backend)
     data = tiny_data()
-    whole = build()
+    if width > 30:
+        x, y = (pytensor.shared(v) for v in data[0])
+        eta = pytensor.shared(np.float32(0.1))  # shared, as SGD's
+        step = build(width=width).train_mb_function(x, y, eta, 0.1, 20, momentum=0.5)
+        graph = getattr(step, "fn", step).maker.fgraph
+        assert "DenseMomentum" in {type(node.op).__name__ for node in graph.apply_nodes}
+    make = functools.partial(build, width=width)
+    whole = make()
     train(whole, data, tmp_path / "whole.ckpt", Interrupting())
     whole_lines = capsys.readouterr().out.splitlines()
     assert whole.resumed_from is None
 
-    net = build()
+    net = make()
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C as epoch 2 starts
         train(net, data, tmp_path / "run.ckpt", Interrupting(at=2))
     capsys.readouterr()
     assert checkpoint.read(tmp_path / "run.ckpt")[0]["epoch"] == 1
 
-    again = build()  # the same script run again: a new net, the same seed
+    again = make()  # the same script run again: a new net, the same seed
     train(again, data, tmp_path / "run.ckpt", Interrupting())
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Resuming from checkpoint")
