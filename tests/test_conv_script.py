@@ -182,9 +182,10 @@ def test_old_records_get_the_keys_of_new_runs():
                               "lmbda=0.0 seed=0")
     # seed 0 is the earlier session's record, without settings of its own
     assert planned[0].key in recorded
-    # the FC width of the expanded-data runs is part of their keys
+    # the FC width of the expanded-data runs is part of their keys (seed 0:
+    # the earlier session's records, without settings)
     widths = experiments.recorded_keys(ROOT / "results" / "expanded_data.jsonl")
-    assert {k for k in widths if "epochs=60" in k} == {
+    assert {k for k in widths if "epochs=60" in k and k.endswith(" seed=0")} == {
         f"expanded_data data=expanded epochs=60 eta=0.03 init=book lmbda=0.1 n={n} seed=0"
         for n in (100, 300, 1000)}
     # --train-size of the whole set is the whole set
