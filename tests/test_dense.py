@@ -62,6 +62,18 @@ def _sparse(shape, dtype, density=0.3):
     return x.astype(dtype)
 
 
+def _side_outputs(w, delta, f, grad, sumsq, masked):
+    """numpy's input gradient (times f where ``masked``) and sum(w**2) of
+    the old weights, as a DenseUpdate or DenseMomentum node gives them."""
+    expected = []
+    if grad:
+        g = delta @ w.T
+        expected.append(np.where(f != 0, f * g, 0) if masked else g)
+    if sumsq:
+        expected.append((w ** 2).sum())
+    return expected
+
+
 def _tolerance(dtype):
     return dict(rtol=2e-5, atol=2e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
 
@@ -103,12 +115,7 @@ def test_kernels_match_numpy():
         new_w, *rest = op(w, x, d, alpha, b, *[f] * masked, return_list=True)
         updates.append((w, new_w))
         w64, x64, d64 = (v.astype(float) for v in (w0, x0, d0))
-        expected = []
-        if grad:
-            g = d64 @ w64.T
-            expected.append(np.where(f0 != 0, f0 * g, 0) if masked else g)
-        if sumsq:
-            expected.append((w64 ** 2).sum())
+        expected = _side_outputs(w64, d64, f0, grad, sumsq, masked)
         outputs += rest
         checks.append((w, beta * w64 - 0.03 * (x64 @ d64), expected, dtype))
     forward_checks = []
@@ -256,12 +263,7 @@ def test_momentum_kernels_match_numpy():
         updates += [(w, new_w), (v, new_v)]
         w64, v64, x64, d64 = (a.astype(float) for a in (w0, v0, x0, d0))
         velocity = 0.9 * v64 - 0.03 * (x64 @ d64) - (0.006 * w64 if decay else 0)
-        expected = []
-        if grad:
-            g = d64 @ w64.T
-            expected.append(np.where(f0 != 0, f0 * g, 0) if masked else g)
-        if sumsq:
-            expected.append((w64 ** 2).sum())
+        expected = _side_outputs(w64, d64, f0, grad, sumsq, masked)
         outputs += rest
         cases.append((w, w64 + velocity, v, velocity, expected, dtype))
     fn = pytensor.function([], outputs, updates=updates, mode=rewrites.numba_mode())
