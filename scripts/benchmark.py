@@ -571,10 +571,13 @@ def _torch_env(threads):
 
 
 def _probe(python, code):
-    """What ``python -c code`` prints (None if it fails)."""
+    """What ``python -c code`` prints (None if it fails).  It runs in this
+    script's folder, as the timed runs do: ``-c`` puts the current folder
+    first on sys.path, where another checkout's network3 could shadow
+    PYTHONPATH's and the header would name the wrong code."""
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                             timeout=300)
+                             timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

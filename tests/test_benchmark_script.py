@@ -183,3 +183,19 @@ def test_floor_from_measurements():
     assert best["runs"] == 2 and best["flop_rate"] == 2e11
     assert math.isclose(net["compute_s"], 1e-5) and math.isclose(net["memory_s"], 1e-4)
     assert net["floor_s"] == net["memory_s"]
+
+
+def test_the_header_names_the_network3_the_workers_run(tmp_path, monkeypatch):
+    # run from a folder holding another network3: the workers (scripts run as
+    # files) do not import it, so the header's probe must not either
+    (tmp_path / "network3").mkdir()
+    (tmp_path / "network3" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    code = "import os, network3; print(os.path.dirname(os.path.abspath(network3.__file__)))"
+    found = benchmark._probe(sys.executable, code)
+    assert found is not None
+    assert Path(found) != tmp_path / "network3"
+    worker = subprocess.run([sys.executable, "-c", f"import sys; sys.path[0] = "
+                             f"{str(ROOT / 'scripts')!r}; {code}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert Path(found) == Path(worker.stdout.strip())
