@@ -1061,55 +1061,10 @@ def _cache_key(name):
     return hashlib.sha256(f"network3 dense {name} {_SOURCE}".encode()).hexdigest()
 
 
-def _numba_funcify_dense_update(op, node, **kwargs):
-    from pytensor.link.numba.cache import compile_numba_function_src
-    B = node.inputs[1].type.shape[1]
-    N = node.inputs[0].type.shape[1]
-    inplace, masked = op.inplace, op.masked
-    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N)
-
-    @kernels.inline
-    def update(w, x, delta, alpha, beta, f):
-        if inplace:
-            out = w
-        else:
-            out = np.copy(w)
-        wc = np.ascontiguousarray(out)  # out itself, when it is (always, here)
-        K = wc.shape[0]
-        if masked:
-            count, rows, values, factors = _nonzeros_or(x, f, B, K)
-            g = np.zeros((B, K), wc.dtype)
-        else:
-            count, rows, values = _nonzeros(x, B, K)
-            factors = values
-            g = np.empty((B, K), wc.dtype)
-        ss = np.zeros(1, np.float64)
-        # (v and mu: the momentum kernel's, unused here)
-        kernel(wc, wc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
-               alpha[()], beta[()], beta[()])
-        if wc.ctypes.data != out.ctypes.data:
-            for i in range(K):
-                for j in range(N):
-                    out[i, j] = wc[i, j]
-        return out, g, np.asarray(wc.dtype.type(ss[0]))
-
-    # the node's function: its inputs, its outputs
-    args = "w, x, delta, alpha, beta" + (", f" if masked else "")
-    outputs = ["out"] + ["g"] * op.grad + ["ss"] * op.sumsq
-    source = (f"def dense_update({args}):\n"
-              f"    out, g, ss = update(w, x, delta, alpha, beta, {'f' if masked else 'x'})\n"
-              f"    return {', '.join(outputs) if len(outputs) > 1 else 'out'}\n")
-    fn = compile_numba_function_src(source, "dense_update", global_env={"update": update})
-    return inner(fn), _cache_key(
-        f"update {B} {N} {inplace} {op.grad} {op.sumsq} {masked}")
-
-
-def _numba_funcify_dense_momentum(op, node, **kwargs):
-    from pytensor.link.numba.cache import compile_numba_function_src
-    B = node.inputs[2].type.shape[1]
-    N = node.inputs[0].type.shape[1]
-    inplace, masked, decay = op.inplace, op.masked, op.decay
-    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N, momentum=True, decay=decay)
+def _update_function(kernel, B, inplace, masked, momentum):
+    """The body of both Ops' functions: w (and v, with momentum) in place or
+    copied, x's nonzeros gathered, the kernel run, and (w, v, the input
+    gradient g, the sum of squares).  Without momentum v is w, unused."""
 
     @kernels.inline
     def contiguous_copy(a):
@@ -1129,9 +1084,12 @@ def _numba_funcify_dense_momentum(op, node, **kwargs):
                     out[i, j] = wc[i, j]
 
     @kernels.inline
-    def update(w, v, x, delta, alpha, mu, gamma, f):
+    def update(w, v, x, delta, alpha, gamma, mu, f):
         out, wc = contiguous_copy(w)
-        v_out, vc = contiguous_copy(v)
+        if momentum:
+            v_out, vc = contiguous_copy(v)
+        else:
+            v_out, vc = out, wc
         K = wc.shape[0]
         if masked:
             count, rows, values, factors = _nonzeros_or(x, f, B, K)
@@ -1144,16 +1102,49 @@ def _numba_funcify_dense_momentum(op, node, **kwargs):
         kernel(wc, vc, count, rows, values, factors, np.ascontiguousarray(delta), g, ss,
                alpha[()], gamma[()], mu[()])
         copy_back(out, wc)
-        copy_back(v_out, vc)
+        if momentum:
+            copy_back(v_out, vc)
         return out, v_out, g, np.asarray(wc.dtype.type(ss[0]))
+
+    return update
+
+
+def _numba_funcify_dense_update(op, node, **kwargs):
+    from pytensor.link.numba.cache import compile_numba_function_src
+    B = node.inputs[1].type.shape[1]
+    N = node.inputs[0].type.shape[1]
+    inplace, masked = op.inplace, op.masked
+    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N)
+    update = _update_function(kernel, B, inplace, masked, momentum=False)
+
+    # the node's function: its inputs, its outputs (v and mu are the
+    # momentum kernel's: w and beta, unused; without masked, f is x, unused)
+    args = "w, x, delta, alpha, beta" + (", f" if masked else "")
+    outputs = ["out"] + ["g"] * op.grad + ["ss"] * op.sumsq
+    source = (f"def dense_update({args}):\n"
+              f"    out, _, g, ss = update(w, w, x, delta, alpha, beta, beta, "
+              f"{'f' if masked else 'x'})\n"
+              f"    return {', '.join(outputs) if len(outputs) > 1 else 'out'}\n")
+    fn = compile_numba_function_src(source, "dense_update", global_env={"update": update})
+    return inner(fn), _cache_key(
+        f"update {B} {N} {inplace} {op.grad} {op.sumsq} {masked}")
+
+
+def _numba_funcify_dense_momentum(op, node, **kwargs):
+    from pytensor.link.numba.cache import compile_numba_function_src
+    B = node.inputs[2].type.shape[1]
+    N = node.inputs[0].type.shape[1]
+    inplace, masked, decay = op.inplace, op.masked, op.decay
+    kernel = _dense_update_kernel(B, op.grad, op.sumsq, masked, N, momentum=True, decay=decay)
+    update = _update_function(kernel, B, inplace, masked, momentum=True)
 
     # the node's function: its inputs, its outputs (without decay, gamma
     # is alpha, unused; without masked, f is x, unused)
     args = "w, v, x, delta, alpha, mu" + (", gamma" if decay else "") + (", f" if masked else "")
     outputs = ["out", "v_out"] + ["g"] * op.grad + ["ss"] * op.sumsq
     source = (f"def dense_momentum({args}):\n"
-              f"    out, v_out, g, ss = update(w, v, x, delta, alpha, mu, "
-              f"{'gamma' if decay else 'alpha'}, {'f' if masked else 'x'})\n"
+              f"    out, v_out, g, ss = update(w, v, x, delta, alpha, "
+              f"{'gamma' if decay else 'alpha'}, mu, {'f' if masked else 'x'})\n"
               f"    return {', '.join(outputs)}\n")
     fn = compile_numba_function_src(source, "dense_momentum", global_env={"update": update})
     return inner(fn), _cache_key(
