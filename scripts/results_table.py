@@ -93,7 +93,7 @@ def groups_of(records):
         s = dict(key[1])
         return (ORDER.index(key[0]) if key[0] in ORDER else 99, s["n"] or 0,
                 s["init"] != "book", -s["epochs"], s["eta"], s["lmbda"],
-                s["train_size"] or 0, s["data"], s["augment"] or "")
+                s["train_size"] or 0, s["data"], s["augment"] or "", s["momentum"] or 0)
     return [(key[0], dict(key[1]), groups[key]) for key in sorted(groups, key=order)]
 
 
@@ -120,7 +120,8 @@ def table(records, test_labels=None, full=True):
         width, augment = fc_width(runs[0]), s["augment"]
         best = max(runs, key=lambda r: r["test_accuracy"] or 0)
         name = experiment + (f" (FC {width})" if width else "") + \
-            (f", augmented: {augment}" if augment != AUGMENT.get(experiment) else "")
+            (f", augmented: {augment}" if augment != AUGMENT.get(experiment) else "") + \
+            (f", momentum {s['momentum']}" if s["momentum"] else "")
         if not full and s["init"] != INIT.get(experiment, "book"):  # no init column
             name += f", {s['init']} init"
         each = ", ".join(_percent(r["test_accuracy"]) for r in runs)

@@ -122,6 +122,7 @@ def _no_training(spec, data=None, augment=None, report=None):
     (["shallow", "--set", "eta=0.1,fast"], "eta must be a number, got 'fast'"),
     (["shallow", "--set", "eta=inf"], "eta must be a positive number, got inf"),
     (["shallow", "--seed", "-1"], "seed must be a whole number of at least 0, got -1"),
+    (["beyond", "--set", "momentum=0.9,1"], "momentum must be at least 0 and below 1, got 1.0"),
 ])
 def test_a_bad_setting_is_an_error_naming_it_and_nothing_runs(
         args, message, tmp_path, monkeypatch, capsys):
@@ -284,3 +285,35 @@ def test_the_recorded_vote_breaks_ties_in_the_order_the_nets_were_trained():
     result, members = vote_records(records, labels)  # a 1-1 tie on the first image
     assert [m["seed"] for m in members] == [0, 1]
     assert list(result.labels) == [3, 3] and result.accuracy == 1.0
+
+
+#### Momentum, a setting of its own
+def test_momentum_is_a_setting_with_its_own_key_and_none_is_the_books_run():
+    plain = experiments.plan(["beyond"])[0]
+    assert "momentum" not in plain.key  # the records before it keep their keys
+    assert experiments.plan(["beyond"], sets={"momentum": [0.0]})[0].key == plain.key
+    fast = experiments.plan(["beyond"], sets={"momentum": [0.9]})[0]
+    assert fast.key == plain.key.replace(" seed=0", " momentum=0.9 seed=0")
+    assert fast.label() == "beyond momentum=0.9 seed=0"
+    # a record written before momentum was a setting is in the plain run's
+    # group of the results table, not a group of its own
+    old = {"experiment": "beyond", "seed": 1, "config": {},
+           "settings": {k: v for k, v in dict(plain.settings).items() if k != "momentum"}}
+    new = {"experiment": "beyond", "seed": 0, "config": {}, "settings": dict(plain.settings)}
+    assert experiments.record_key(old) == plain.key.replace("seed=0", "seed=1")
+    assert len(results_table.groups_of([old, new])) == 1
+
+
+def test_a_run_with_momentum_trains_with_it_and_records_it(tmp_path):
+    rng = np.random.default_rng(0)
+    data = [network3.data.subset((rng.random((n, 784), dtype=np.float32),
+                                  rng.integers(0, 10, n)), n) for n in (100, 20, 20)]
+    weights = {}
+    for momentum in (None, 0.5):
+        spec = {"experiment": "shallow", "seed": 0,
+                "settings": experiments.runs.settings("shallow", epochs=2, momentum=momentum)}
+        record, net = training.train(spec, data=data)
+        assert record["config"]["momentum"] == (momentum or 0.0)
+        weights[momentum] = net.layers[0].w.get_value()
+    # the same seed, the same first weights: momentum alone makes them differ
+    assert not np.allclose(weights[None], weights[0.5])

@@ -113,9 +113,10 @@ def warm_up(client, found, specs, stream):
 
     def network(spec):
         # what decides the compiled graphs: the architecture, whether there
-        # is an L2 term (lmbda is a shared value), the backend and float type
+        # is an L2 term (lmbda is a shared value) or momentum, the backend
+        # and float type
         s = spec["settings"]
-        return (spec["experiment"], s["init"], s["n"], s["lmbda"] > 0,
+        return (spec["experiment"], s["init"], s["n"], s["lmbda"] > 0, bool(s.get("momentum")),
                 spec.get("backend"), spec.get("floatX"))
 
     networks = list({network(s): s for s in specs}.values())

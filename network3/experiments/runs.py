@@ -26,7 +26,7 @@ from .book import (
 
 # the settings of a run, and the type of each as given to --set
 SETTINGS = {"data": str, "epochs": int, "eta": float, "lmbda": float,
-            "init": str, "n": int, "train_size": int, "augment": str}
+            "init": str, "n": int, "train_size": int, "augment": str, "momentum": float}
 
 
 def _whole(value):
@@ -36,11 +36,12 @@ def _whole(value):
 
 
 def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None,
-             n=None, train_size=None, augment=None):
+             n=None, train_size=None, augment=None, momentum=None):
     """The complete, canonical settings of a run of ``experiment``: the
     book's where not given.  ``train_size``: None means all the images;
-    ``augment``: None, or the repr of the augmentation.  A value that
-    cannot be trained raises ValueError naming it."""
+    ``augment``: None, or the repr of the augmentation; ``momentum``: None
+    (or 0) for the book's plain SGD.  A value that cannot be trained raises
+    ValueError naming it."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of "
                          f"{', '.join(EXPERIMENTS)}")
@@ -73,9 +74,14 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
             raise ValueError(f"train_size must be a whole number of at least "
                              f"{mini_batch_size} (one mini-batch), got {train_size!r}")
         train_size = None if train_size >= FULL_SIZE[data] else int(train_size)
+    if momentum is not None:
+        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
+            raise ValueError(f"momentum must be at least 0 and below 1, got {momentum!r}")
+        # 0 is plain SGD: the same run (and key) as none given
+        momentum = float(momentum) or None
     return {"data": data, "epochs": int(epochs), "eta": eta, "lmbda": lmbda,
             "init": init, "n": n, "train_size": train_size,
-            "augment": augment or AUGMENT.get(experiment)}
+            "augment": augment or AUGMENT.get(experiment), "momentum": momentum}
 
 
 def _format(value):
@@ -93,9 +99,10 @@ def run_key(experiment, run_settings, seed):
 
 def record_settings(record):
     """A record's settings: as recorded, or, for records written before
-    settings were recorded, derived from its ``config``."""
+    settings were recorded, derived from its ``config``.  A setting added
+    later (momentum) is None where a record predates it."""
     if "settings" in record:
-        return record["settings"]
+        return {"momentum": None, **record["settings"]}
     config, experiment = record["config"], record["experiment"]
     data = config.get("data", "mnist")
     train_size = config.get("train_size")
@@ -104,7 +111,8 @@ def record_settings(record):
     return {"data": data, "epochs": config["epochs"], "eta": float(config["eta"]),
             "lmbda": float(config["lmbda"]), "init": config.get("init", "book"),
             "n": config["layers"][2]["n_out"] if experiment in WIDTH_EXPERIMENTS else None,
-            "train_size": train_size, "augment": config.get("augment")}
+            "train_size": train_size, "augment": config.get("augment"),
+            "momentum": config.get("momentum") or None}
 
 
 def record_key(record):

@@ -83,7 +83,7 @@ def train(spec, data=None, augment=None, report=None):
               "data": s["data"], "train_size": int(size(training_data)),
               "layers": [describe(layer) for layer in net.layers],
               "backend": network3.backend.backend(), "floatX": network3.floatX(),
-              "augment": s["augment"],
+              "augment": s["augment"], "momentum": s.get("momentum") or 0.0,
               # [factor, every so many epochs], or None for the book's constant eta
               "schedule": None if experiment not in SCHEDULE else
               [SCHEDULE[experiment][0], max(1, epochs // SCHEDULE[experiment][1])]}
@@ -101,7 +101,8 @@ def train(spec, data=None, augment=None, report=None):
     checkpoint = {"checkpoint": spec["checkpoint"]} if spec.get("checkpoint") else {}
     start = time.perf_counter()
     net.SGD(training_data, epochs, mini_batch_size, eta_at, validation_data, test_data,
-            lmbda=s["lmbda"], augment=augment, **checkpoint)
+            lmbda=s["lmbda"], augment=augment, momentum=s.get("momentum") or 0.0,
+            **checkpoint)
     resumed_from = getattr(net, "resumed_from", None)
     # the run's time: this call's, and that of the epochs trained before it
     # resumed (the time lost to the interruption is not counted)
