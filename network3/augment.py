@@ -35,7 +35,7 @@ each component uniform in [-1, 1], smoothed by a Gaussian of standard
 deviation sigma and scaled by alpha, the image resampled by bilinear
 interpolation.
 
-The transforms ``translate``, ``rotate``, ``skew`` and ``elastic`` work on
+The transforms ``translate``, ``rotate``, ``skew``, ``scale`` and ``elastic`` work on
 a whole batch (N, 784) or (N, 28, 28) at once, with no loop over images:
 each computes, for every output pixel, the point of the input it comes from
 (a (3, N, H, W) coordinate array: image, row, column) and reads it with one
@@ -163,6 +163,20 @@ def skew(images, factor):
     return _warp(square, matrix, np.zeros((n, 2))).reshape(np.shape(images))
 
 
+def scale(images, sy, sx):
+    """``images`` (N, 784) or (N, 28, 28) stretched about the image centre
+    by ``sy`` in height and ``sx`` in width (1: unchanged; 1.1: 10% larger,
+    0.9: 10% smaller; numbers or one per image).  Returns a new array, same
+    shape and dtype."""
+    square = _as_square(np.asarray(images), "scale")
+    n = len(square)
+    factors = [_per_image(v, n, "scale", name) for v, name in ((sy, "sy"), (sx, "sx"))]
+    if any((f <= 0).any() for f in factors):
+        raise ValueError(f"scale: sy and sx must be positive, got {sy!r} and {sx!r}")
+    matrix = _unscaled(_identity(n), *factors)
+    return _warp(square, matrix, np.zeros((n, 2))).reshape(np.shape(images))
+
+
 def elastic(images, alpha, sigma, rng):
     """Simard et al.'s elastic distortion of ``images`` (N, 784) or (N, 28,
     28): for each image a random displacement field, each component uniform
@@ -200,6 +214,9 @@ class Augment:
       10: a slanted 1 or 7 stays itself; a 6 is not yet a 9.
     * ``skew``: a horizontal shear factor of up to this either way (see
       ``skew``); 0.2 slants an upright stroke by 11 degrees.
+    * ``scale``: a stretch of height and, independently, width by up to
+      this fraction either way (see ``scale``; 0.1: 90 to 110%).  Default 0,
+      none: not one of the book's three; Ciresan et al. scaled by up to 15%.
     * ``elastic``: ``(alpha, sigma)`` of Simard et al.'s elastic distortion
       (see ``elastic``), default their (34, 4) for MNIST; ``None`` for none.
     * ``p_original``: the fraction of images left exactly as they are each
@@ -218,50 +235,91 @@ class Augment:
     """
 
     def __init__(self, translate=2.0, rotate=10.0, skew=0.2, elastic=(34.0, 4.0),
-                 p_original=0.0):
+                 p_original=0.0, scale=0.0):
         for name, value in (("translate", translate), ("rotate", rotate),
-                            ("skew", skew)):
+                            ("skew", skew), ("scale", scale)):
             if not (np.isscalar(value) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"Augment: {name} must be a number >= 0 (the "
                                  f"largest amount either way), got {value!r}")
         if rotate > 180:
             raise ValueError(f"Augment: rotate must be at most 180 degrees, "
                              f"got {rotate!r}")
+        if scale >= 1:
+            raise ValueError(f"Augment: scale must be below 1 (a fraction of the "
+                             f"size), got {scale!r}")
         if not (np.isscalar(p_original) and 0 <= p_original <= 1):
             raise ValueError(f"Augment: p_original must be in [0, 1], got "
                              f"{p_original!r}")
         self.translate, self.rotate, self.skew = (float(translate), float(rotate),
                                                   float(skew))
+        self.scale = float(scale)
         self.elastic = None if elastic is None else _check_elastic(elastic, "Augment")
         self.p_original = float(p_original)
 
     def __repr__(self):
         elastic = (None if self.elastic is None
                    else "({:g}, {:g})".format(*self.elastic))
+        # scale only when used: the name of an Augment without it, which
+        # run records key on, is the one it had before scale existed
+        scale = f"scale={self.scale:g}, " if self.scale else ""
         return (f"Augment(translate={self.translate:g}, rotate={self.rotate:g}, "
-                f"skew={self.skew:g}, elastic={elastic}, "
+                f"skew={self.skew:g}, {scale}elastic={elastic}, "
                 f"p_original={self.p_original:g})")
+
+    @classmethod
+    def parse(cls, text):
+        """The Augment that ``text`` names: its repr, ``"Augment(rotate=5,
+        elastic=None)"``, or just the keywords, ``"rotate=5, elastic=None"``
+        (numbers, None and tuples only).  A text that is not one raises
+        ValueError naming it."""
+        import ast
+        source = text.strip()
+        if not source.startswith("Augment("):
+            source = f"Augment({source})"
+        try:
+            call = ast.parse(source, mode="eval").body
+            if not (isinstance(call, ast.Call) and not call.args
+                    and isinstance(call.func, ast.Name) and call.func.id == "Augment"):
+                raise ValueError("not a call of Augment with keywords")
+            options = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+            if None in options:
+                raise ValueError("** is not allowed")
+        except (SyntaxError, ValueError) as err:
+            raise ValueError(f"Augment.parse: {text!r} is not Augment's options, such "
+                             f"as 'rotate=5, elastic=None' ({err})") from None
+        try:
+            return cls(**options)
+        except TypeError as err:
+            raise ValueError(f"Augment.parse: {text!r}: {err}") from None
 
     def draw(self, n, rng):
         """The random amounts for ``n`` images: a dict of arrays of length
-        ``n``: ``dy``, ``dx`` (pixels), ``degrees``, ``factor`` (skew) and
-        ``original`` (True for an image left as it is)."""
+        ``n``: ``dy``, ``dx`` (pixels), ``degrees``, ``factor`` (skew),
+        ``original`` (True for an image left as it is) and, with ``scale``,
+        ``sy`` and ``sx`` (the stretch of height and width)."""
         rng = np.random.default_rng(rng)
-        return {"dy": rng.uniform(-self.translate, self.translate, n),
-                "dx": rng.uniform(-self.translate, self.translate, n),
-                "degrees": rng.uniform(-self.rotate, self.rotate, n),
-                "factor": rng.uniform(-self.skew, self.skew, n),
-                "original": rng.random(n) < self.p_original}
+        amounts = {"dy": rng.uniform(-self.translate, self.translate, n),
+                   "dx": rng.uniform(-self.translate, self.translate, n),
+                   "degrees": rng.uniform(-self.rotate, self.rotate, n),
+                   "factor": rng.uniform(-self.skew, self.skew, n),
+                   "original": rng.random(n) < self.p_original}
+        if self.scale:  # drawn last, and only when used: without it, the
+            # numbers drawn (and the images) are those of before scale existed
+            amounts["sy"] = 1 + rng.uniform(-self.scale, self.scale, n)
+            amounts["sx"] = 1 + rng.uniform(-self.scale, self.scale, n)
+        return amounts
 
     def __call__(self, x, rng):
         x = np.asarray(x)
         square = _as_square(x, "Augment")               # (N, 28, 28) view
         rng = np.random.default_rng(rng)
         amounts = self.draw(len(square), rng)
-        # one read per image: skew, then rotate (both about the centre),
-        # then translate, then the elastic field
-        out = _warp(square, _source_matrix(amounts["degrees"], amounts["factor"]),
-                    np.stack([amounts["dy"], amounts["dx"]], axis=1),
+        # one read per image: scale, skew, then rotate (all about the
+        # centre), then translate, then the elastic field
+        matrix = _source_matrix(amounts["degrees"], amounts["factor"])
+        if self.scale:
+            matrix = _unscaled(matrix, amounts["sy"], amounts["sx"])
+        out = _warp(square, matrix, np.stack([amounts["dy"], amounts["dx"]], axis=1),
                     self.elastic, rng)
         keep = amounts["original"]
         out[keep] = square[keep]
@@ -280,6 +338,15 @@ def _source_matrix(degrees, factor):
     return np.stack([np.stack([cos, sin], axis=-1),
                      np.stack([factor * cos - sin, factor * sin + cos], axis=-1)],
                     axis=-2)
+
+
+def _unscaled(matrix, sy, sx):
+    """``matrix`` (N, 2, 2) preceded, in the forward direction, by a stretch
+    of ``sy`` in height and ``sx`` in width: its source offsets divided by
+    them."""
+    factors = np.stack([1 / np.asarray(sy, np.float64), 1 / np.asarray(sx, np.float64)],
+                       axis=-1)                                       # (N, 2)
+    return matrix * factors[:, :, None]
 
 
 def _identity(n):

@@ -519,10 +519,11 @@ def parser():
     p.add_argument("--n", type=int,
                    help="FC width of the expanded_data experiments (book: 100, 300, 1000)")
     p.add_argument("--init", choices=["book", "corrected"], help="default: book")
-    p.add_argument("--augment", action="store_true",
+    p.add_argument("--augment", nargs="?", const="", metavar="OPTIONS",
                    help="on-the-fly random translations, rotations, skews and "
                    "elastic distortions of the training images each epoch "
-                   "(network3.augment.Augment's defaults)")
+                   "(network3.augment.Augment's defaults, or the options given, "
+                   "e.g. --augment 'rotate=5, scale=0.1, elastic=None')")
     p.add_argument("--data", choices=["mnist", "expanded"],
                    help="training set (default: the book's for the experiment)")
     p.add_argument("--train-size", type=int,
@@ -571,9 +572,9 @@ def main(argv=None):
                 raise ValueError(f"--set {name} is given twice; list all its values once")
             sets[name] = values
         augment = None
-        if args.augment:
+        if args.augment is not None:
             from network3.augment import Augment
-            augment = repr(Augment())
+            augment = repr(Augment.parse(args.augment))
         planned = experiments.plan(
             args.experiments, runs=args.runs, seed=args.seed, sets=sets, out=args.out,
             results_dir=ROOT / "results", data=args.data, epochs=args.epochs,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from network3 import augment
-from network3.augment import Augment, elastic, rotate, skew, translate
+from network3.augment import Augment, elastic, rotate, scale, skew, translate
 
 CENTRE = 13.5            # of a 28x28 image: between pixels 13 and 14
 
@@ -184,6 +184,12 @@ def test_bad_arguments_are_named():
         Augment(elastic=34)
     with pytest.raises(ValueError, match="p_original"):
         Augment(p_original=1.5)
+    with pytest.raises(ValueError, match="scale must be below 1"):
+        Augment(scale=1)
+    with pytest.raises(ValueError, match="scale must be a number >= 0"):
+        Augment(scale=-0.1)
+    with pytest.raises(ValueError, match="sy and sx must be positive"):
+        scale(x, 0, 1)
 
 
 #### Augment
@@ -208,14 +214,14 @@ def test_augment_does_not_depend_on_the_chunk_size(monkeypatch):
     np.testing.assert_array_equal(Augment()(x, np.random.default_rng(1)), whole)
 
 
-@pytest.mark.parametrize("only", ["translate", "rotate", "skew", "elastic"])
+@pytest.mark.parametrize("only", ["translate", "rotate", "skew", "elastic", "scale"])
 def test_augment_draws_each_transform(only):
     """With one transform switched on, Augment is that function applied
     with the amounts ``draw`` gives."""
     x = synthetic(n=8)
     settings = dict(translate=0, rotate=0, skew=0, elastic=None)
     settings[only] = {"translate": 2, "rotate": 10, "skew": 0.2,
-                      "elastic": (34, 4)}[only]
+                      "elastic": (34, 4), "scale": 0.2}[only]
     augment_ = Augment(**settings)
     result = augment_(x, np.random.default_rng(5))
     rng = np.random.default_rng(5)
@@ -223,10 +229,36 @@ def test_augment_draws_each_transform(only):
     expected = {"translate": lambda: translate(x, amounts["dy"], amounts["dx"]),
                 "rotate": lambda: rotate(x, amounts["degrees"]),
                 "skew": lambda: skew(x, amounts["factor"]),
-                "elastic": lambda: elastic(x, 34, 4, rng)}[only]()
+                "elastic": lambda: elastic(x, 34, 4, rng),
+                "scale": lambda: scale(x, amounts["sy"], amounts["sx"])}[only]()
     np.testing.assert_allclose(result, expected, atol=1e-5)
     assert np.abs(amounts["dy"]).max() <= settings["translate"]
     assert not np.array_equal(result, x)
+
+
+def test_scale_stretches_about_the_centre():
+    # a blob 4 rows above and 2 columns right of the centre, 1.5 times as
+    # tall and half as wide: its centre 1.5 times as far up, half as far right
+    image = blob(CENTRE - 4, CENTRE + 2)[None]
+    result = scale(image, 1.5, 0.5)[0]
+    np.testing.assert_allclose(centre_of_mass(result), [CENTRE - 6, CENTRE + 1], atol=0.05)
+    r, c = np.mgrid[:28, :28]
+    row_sd = np.sqrt(((r - CENTRE + 6) ** 2 * result).sum() / result.sum())
+    assert row_sd == pytest.approx(3.0, rel=0.05)   # the blob's sd 2, times 1.5
+    np.testing.assert_allclose(scale(image, 1, 1), image, atol=1e-6)
+
+
+def test_scale_leaves_the_other_draws_as_they_were():
+    """scale is drawn last and only when used: an Augment without it draws
+    (and makes) what it did before scale existed, and one with it the same
+    shifts, angles and skews."""
+    plain = Augment().draw(50, np.random.default_rng(3))
+    assert set(plain) == {"dy", "dx", "degrees", "factor", "original"}
+    scaled = Augment(scale=0.15).draw(50, np.random.default_rng(3))
+    for name in plain:
+        np.testing.assert_array_equal(scaled[name], plain[name])
+    assert 0.85 <= scaled["sy"].min() and scaled["sx"].max() <= 1.15
+    assert not np.array_equal(scaled["sy"], scaled["sx"])
 
 
 def test_augment_composes_skew_rotation_and_translation():
@@ -246,6 +278,23 @@ def test_augment_composes_skew_rotation_and_translation():
                                [CENTRE - 2, CENTRE - 8], atol=0.05)
 
 
+def test_augment_scales_before_it_skews():
+    image = blob(CENTRE - 6, CENTRE)[None]
+    augment_ = Augment(elastic=None, scale=0.5)
+
+    def fixed(n, rng):
+        return {"dy": np.array([1.0]), "dx": np.array([-2.0]),
+                "degrees": np.array([90.0]), "factor": np.array([0.5]),
+                "original": np.array([False]), "sy": np.array([0.5]),
+                "sx": np.array([1.2])}
+    augment_.draw = fixed
+    result = augment_(image, np.random.default_rng(0))[0]
+    # scale: (-6, 0) -> (-3, 0); skew: -> (-3, 1.5); rotate: -> (-1.5, -3);
+    # translate: -> (-0.5, -5)
+    np.testing.assert_allclose(centre_of_mass(result),
+                               [CENTRE - 0.5, CENTRE - 5], atol=0.05)
+
+
 def test_p_original_leaves_that_fraction_untouched():
     x = synthetic(n=200).reshape(200, 784)
     augment_ = Augment(p_original=0.25)
@@ -261,6 +310,32 @@ def test_augment_repr():
     assert repr(Augment()) == (
         "Augment(translate=2, rotate=10, skew=0.2, elastic=(34, 4), p_original=0)")
     assert "elastic=None" in repr(Augment(elastic=None))
+    assert repr(Augment(scale=0.1, elastic=None)) == (
+        "Augment(translate=2, rotate=10, skew=0.2, scale=0.1, elastic=None, p_original=0)")
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"elastic": None}, {"scale": 0.15, "rotate": 5.5}, {"elastic": (36, 5.5)},
+    {"p_original": 0.25, "translate": 0}])
+def test_parse_gives_back_the_augment_a_name_stands_for(options):
+    made = Augment(**options)
+    assert repr(Augment.parse(repr(made))) == repr(made)
+    keywords = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    assert repr(Augment.parse(keywords)) == repr(made)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rotate=five", "is not Augment's options"),
+    ("__import__('os').system('true')", "is not Augment's options"),
+    ("Augment(1)", "is not Augment's options"),
+    ("Augment(**{'rotate': 5})", "is not Augment's options"),
+    ("speed=3", "unexpected keyword argument 'speed'"),
+    ("rotate=500", "rotate must be at most 180 degrees"),
+])
+def test_parse_refuses_what_is_not_augments_options(text, message):
+    with pytest.raises(ValueError, match=message) as refused:
+        Augment.parse(text)
+    assert repr(text) in str(refused.value) or "rotate must be" in str(refused.value)
 
 
 @pytest.mark.mnist

@@ -123,6 +123,7 @@ def _no_training(spec, data=None, augment=None, report=None):
     (["shallow", "--set", "eta=inf"], "eta must be a positive number, got inf"),
     (["shallow", "--seed", "-1"], "seed must be a whole number of at least 0, got -1"),
     (["beyond", "--set", "momentum=0.9,1"], "momentum must be at least 0 and below 1, got 1.0"),
+    (["beyond", "--augment", "rotate=5, speed=3"], "unexpected keyword argument 'speed'"),
 ])
 def test_a_bad_setting_is_an_error_naming_it_and_nothing_runs(
         args, message, tmp_path, monkeypatch, capsys):
@@ -317,3 +318,30 @@ def test_a_run_with_momentum_trains_with_it_and_records_it(tmp_path):
         weights[momentum] = net.layers[0].w.get_value()
     # the same seed, the same first weights: momentum alone makes them differ
     assert not np.allclose(weights[None], weights[0.5])
+
+
+#### Any augmentation, rebuilt from its name
+def test_a_run_rebuilds_any_augmentation_from_the_name_it_records(tmp_path, monkeypatch):
+    from network3.augment import Augment
+    calls = []
+    monkeypatch.setattr(training, "train", lambda spec, **kw: calls.append(spec) or
+                        _fake_train(spec, **kw))
+    _fake_train.calls = 0
+    out = tmp_path / "r.jsonl"
+    assert conv.main(["shallow", "--augment", "rotate=5, scale=0.1, elastic=None",
+                      "--epochs", "1", "--no-save", "--out", str(out)]) == 0
+    name = repr(Augment(rotate=5, scale=0.1, elastic=None))
+    assert calls[0]["settings"]["augment"] == name
+    # the training itself (no augmentation object handed in) rebuilds it
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    data = [network3.data.subset((rng.random((n, 784), dtype=np.float32),
+                                  rng.integers(0, 10, n)), n) for n in (100, 20, 20)]
+    images = []
+    real = Augment.__call__
+    monkeypatch.setattr(Augment, "__call__", lambda self, x, r: images.append(
+        repr(self)) or real(self, x, r))
+    spec = {"experiment": "shallow", "seed": 0,
+            "settings": experiments.runs.settings("shallow", epochs=1, augment=name)}
+    record, _ = training.train(spec, data=data)
+    assert record["config"]["augment"] == name and images == [name]

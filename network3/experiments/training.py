@@ -10,7 +10,7 @@ import network3
 from ..data import as_array, size, subset
 from ..network import Network
 from ..saving import describe
-from .book import AUGMENT, AUGMENT_OPTIONS, SCHEDULE, build, mini_batch_size
+from .book import SCHEDULE, build, mini_batch_size
 from .book import eta_at as eta_at_epoch
 from .records import accelerator, commit, encode_labels, machine, versions
 
@@ -70,11 +70,10 @@ def train(spec, data=None, augment=None, report=None):
         training_data = subset(training_data, s["train_size"])
     if s["augment"] and augment is None:
         from ..augment import Augment
-        own = s["augment"] == AUGMENT.get(experiment)  # the experiment's own
-        augment = Augment(**AUGMENT_OPTIONS[experiment]) if own else Augment()
+        augment = Augment.parse(s["augment"])  # rebuilt from its name
         if repr(augment) != s["augment"]:
-            raise ValueError(f"this run's augmentation is {s['augment']}; only "
-                             f"the default {augment!r} can be rebuilt from its name")
+            raise ValueError(f"this run's augmentation is {s['augment']}, not "
+                             f"{augment!r} as Augment writes it")
     epochs, eta = s["epochs"], s["eta"]
     network3.seed(seed)
     net = Network(build(experiment, s["init"], s["n"] or 100), mini_batch_size)
