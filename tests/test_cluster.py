@@ -157,7 +157,7 @@ def test_a_failed_run_does_not_stop_the_others(cluster, tmp_path):
     outcomes = experiments.execute([bad, good], scheduler=cluster.scheduler_address,
                                    save=False, stream=stream)
     assert [o.status for o in outcomes] == ["failed", "done"]
-    assert "only the default" in outcomes[0].error
+    assert "not Augment(translate=9, rotate=10" in outcomes[0].error
     text = stream.getvalue()
     assert "failed: ValueError: this run's augmentation is Augment(translate=9)" in text
     assert "1 done, 0 skipped (already recorded), 1 failed" in text
