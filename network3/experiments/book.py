@@ -30,9 +30,10 @@ EXPERIMENTS = {
 # validation set (docs/experiments.md, "beyond"): with Augment's defaults
 # (elastic distortions too) this network's validation accuracy stayed at
 # 99.0-99.24% from epoch 12 to 31 of 60, underfitting the distorted images.
-AUGMENT_OPTIONS = {"beyond": {"translate": 2, "rotate": 5, "skew": 0.1, "elastic": None}}
+# The augmentation's name, as Augment writes it: runs key on it, and
+# training.train rebuilds it (Augment.parse).
 AUGMENT = {"beyond": "Augment(translate=2, rotate=5, skew=0.1, elastic=None, "
-                     "p_original=0)"}  # repr(Augment(**AUGMENT_OPTIONS[...]))
+                     "p_original=0)"}
 # eta times 0.5 at each quarter of the epochs (every 10 of the 40), so that
 # a longer run (--set epochs=100) keeps the schedule's shape
 SCHEDULE = {"beyond": (0.5, 4)}
