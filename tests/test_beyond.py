@@ -97,3 +97,34 @@ def test_the_readme_table_shows_the_beyond_settings_chosen_on_validation(tmp_pat
     short = results_table.table(records, full=False).splitlines()[2:]
     assert short == ["| beyond | (target 99.70%) | **99.50%** | 1: 99.50% | 80 |"]
     assert len(results_table.table(records).splitlines()[2:]) == 3
+
+
+def test_the_readme_table_prefers_beyond_settings_with_a_vote(tmp_path):
+    """One long run with the highest validation accuracy, and a setting of
+    two runs: the README's table has the two and their vote (issue 25 asks
+    for the vote's row), RESULTS.md all three rows and the vote."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from network3.experiments.records import append_record, encode_labels
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import results_table
+
+    for epochs, seed, validation, test in ((160, 0, 0.9960, 0.9955),
+                                           (80, 0, 0.9957, 0.9951),
+                                           (80, 1, 0.9954, 0.9960)):
+        append_record(tmp_path / "beyond.jsonl", {
+            "experiment": "beyond", "seed": seed,
+            "settings": runs.settings("beyond", epochs=epochs),
+            "config": {"train_size": 50_000, "layers": []}, "test_accuracy": test,
+            "best_validation_accuracy": validation, "wall_seconds": 60.0, "machine": "m",
+            "test_predictions": encode_labels([1, 2])})
+    records = results_table.load_records(tmp_path)
+    short = results_table.table(records, np.array([1, 2]), full=False).splitlines()[2:]
+    assert short == [
+        "| beyond | (target 99.70%) | **99.60%** | 2: 99.51%, 99.60% | 80 |",
+        "| beyond vote (2 members) | (target 99.77%) | **100.00%** (0 errors) | "
+        "2 members voted (seeds 0, 1) | 80 |"]
+    assert len(results_table.table(records, np.array([1, 2])).splitlines()[2:]) == 3
