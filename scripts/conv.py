@@ -42,6 +42,7 @@ own, and PyTensor fixes its cache folder when it is first imported.  (So
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -490,7 +491,8 @@ def mnist_test_labels():
 def _command():
     if Path(sys.argv[0]).name != "conv.py":
         return None  # called from the REPL or a test
-    return " ".join(["python", "scripts/conv.py"] + sys.argv[1:])
+    # quoted as a shell needs it (--augment 'rotate=5, elastic=None')
+    return shlex.join(["python", "scripts/conv.py"] + sys.argv[1:])
 
 
 def parser():

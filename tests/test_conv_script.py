@@ -107,6 +107,15 @@ def test_ensemble_votes_from_records_and_resumes(small, tmp_path, capsys):
 
 
 #### Run keys, records and the command line (no training)
+
+def test_the_recorded_command_can_be_pasted_into_a_shell(monkeypatch):
+    """An option with spaces stays one word: the records' commands are
+    for running again."""
+    monkeypatch.setattr(sys, "argv", ["/home/me/scripts/conv.py", "beyond",
+                                      "--augment", "rotate=5, elastic=None"])
+    assert conv._command() == ("python scripts/conv.py beyond "
+                               "--augment 'rotate=5, elastic=None'")
+
 def _train_failing_at_seed_1(error):
     """experiments.training.train without training: a record for every seed but 1,
     which raises ``error``."""
