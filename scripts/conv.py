@@ -532,7 +532,8 @@ def parser():
                    help="train on the first N images only, for a quick look")
     p.add_argument("--set", action="append", default=[], metavar="NAME=V1,V2,...",
                    help="run every combination of these values (repeatable): "
-                   "eta, lmbda, epochs, n, init, data, train_size, momentum; e.g. "
+                   "eta, lmbda, epochs, n, init, data, train_size, momentum, arch "
+                   "(beyond: padded); e.g. "
                    "--set eta=0.01,0.03,0.1 --set lmbda=0,0.1")
     p.add_argument("--out", help="results file (JSON Lines); default "
                    "results/<experiment>.jsonl")

@@ -95,7 +95,8 @@ def groups_of(records):
         s = dict(key[1])
         return (ORDER.index(key[0]) if key[0] in ORDER else 99, s["n"] or 0,
                 s["init"] != "book", -s["epochs"], s["eta"], s["lmbda"],
-                s["train_size"] or 0, s["data"], s["augment"] or "", s["momentum"] or 0)
+                s["train_size"] or 0, s["data"], s["augment"] or "", s["momentum"] or 0,
+                s["arch"] or "")
     return [(key[0], dict(key[1]), groups[key]) for key in sorted(groups, key=order)]
 
 
@@ -126,6 +127,7 @@ def table(records, test_labels=None, full=True):
         width, augment = fc_width(runs[0]), s["augment"]
         best = max(runs, key=lambda r: r["test_accuracy"] or 0)
         name = experiment + (f" (FC {width})" if width else "") + \
+            (f", {s['arch']} network" if s["arch"] else "") + \
             (f", augmented: {augment}" if augment != AUGMENT.get(experiment) else "") + \
             (f", momentum {s['momentum']}" if s["momentum"] else "")
         if not full and s["init"] != INIT.get(experiment, "book"):  # no init column

@@ -1,12 +1,14 @@
 """The experiment ``beyond`` (issue 25): the chapter's own tools together.
 Its settings are the ones its records claim: Augment's defaults rebuilt
-from their name, He's initialisation, eta halved every 15 epochs."""
+from their name, He's initialisation, eta halved at each quarter of the
+epochs; and its other network, ``--set arch=padded``."""
 
+import numpy as np
 import pytest
 
 import network3
 from network3.augment import Augment
-from network3.experiments import book, runs
+from network3.experiments import book, runs, training
 
 
 def test_settings_name_an_augmentation_that_can_be_rebuilt():
@@ -128,3 +130,42 @@ def test_the_readme_table_prefers_beyond_settings_with_a_vote(tmp_path):
         "| beyond vote (2 members) | (target 99.77%) | **100.00%** (0 errors) | "
         "2 members voted (seeds 0, 1) | 80 |"]
     assert len(results_table.table(records, np.array([1, 2])).splitlines()[2:]) == 3
+
+
+#### The padded network (--set arch=padded)
+def test_the_padded_network_keeps_the_maps_size_before_pooling():
+    layers = book.build("beyond", init="corrected", arch="padded")
+    net = network3.Network(layers, 10)  # checks that the layers' sizes fit
+    assert [type(layer).__name__ for layer in net.layers] == \
+        ["ConvLayer", "PoolLayer", "ConvLayer", "PoolLayer", "FullyConnectedLayer",
+         "FullyConnectedLayer", "SoftmaxLayer"]
+    assert layers[0].padding == layers[2].padding == (2, 2)
+    assert layers[2].image_shape[1:] == (32, 14, 14) and layers[4].n_in == 64 * 7 * 7
+    # ReLU after pooling, as ConvPoolLayer has it; He's initialisation for it
+    assert layers[1].activation_fn is layers[3].activation_fn is network3.ReLU
+    assert layers[2].w.get_value().std() == pytest.approx((2 / 800) ** 0.5, rel=0.15)
+
+
+def test_arch_is_a_setting_checked_before_anything_runs():
+    assert runs.settings("beyond")["arch"] is None
+    assert runs.settings("beyond", arch="padded")["arch"] == "padded"
+    with pytest.raises(ValueError, match="arch must be one of padded for beyond, got 'deep'"):
+        runs.settings("beyond", arch="deep")
+    with pytest.raises(ValueError, match="arch is a setting of beyond only, not of shallow"):
+        runs.settings("shallow", arch="padded")
+
+
+def test_a_run_of_the_padded_network_trains_it_and_records_it():
+    rng = np.random.default_rng(0)
+    data = [network3.data.subset((rng.random((n, 784), dtype=np.float32),
+                                  rng.integers(0, 10, n)), n) for n in (20, 10, 10)]
+    spec = {"experiment": "beyond", "seed": 0,
+            "settings": runs.settings("beyond", epochs=1, arch="padded")}
+    network3.set_backend("jax")  # compiles in seconds (Numba: minutes, cold)
+    try:
+        record, net = training.train(spec, data=data)
+    finally:
+        network3.set_backend(None)
+    assert record["config"]["arch"] == record["settings"]["arch"] == "padded"
+    assert record["config"]["layers"][0]["padding"] == [2, 2]
+    assert type(net.layers[0]).__name__ == "ConvLayer"

@@ -124,6 +124,8 @@ def _no_training(spec, data=None, augment=None, report=None):
     (["shallow", "--seed", "-1"], "seed must be a whole number of at least 0, got -1"),
     (["beyond", "--set", "momentum=0.9,1"], "momentum must be at least 0 and below 1, got 1.0"),
     (["beyond", "--augment", "rotate=5, speed=3"], "unexpected keyword argument 'speed'"),
+    (["beyond", "--set", "arch=deep"], "arch must be one of padded for beyond, got 'deep'"),
+    (["shallow", "--set", "arch=padded"], "arch is a setting of beyond only, not of shallow"),
 ])
 def test_a_bad_setting_is_an_error_naming_it_and_nothing_runs(
         args, message, tmp_path, monkeypatch, capsys):
@@ -303,6 +305,18 @@ def test_momentum_is_a_setting_with_its_own_key_and_none_is_the_books_run():
     new = {"experiment": "beyond", "seed": 0, "config": {}, "settings": dict(plain.settings)}
     assert experiments.record_key(old) == plain.key.replace("seed=0", "seed=1")
     assert len(results_table.groups_of([old, new])) == 1
+
+
+def test_arch_is_a_setting_with_its_own_key_and_none_is_beyonds_own_network():
+    plain = experiments.plan(["beyond"])[0]
+    assert "arch" not in plain.key  # the records before it keep their keys
+    padded = experiments.plan(["beyond"], sets={"arch": ["padded"]})[0]
+    assert padded.key == plain.key.replace("augment=", "arch=padded augment=")
+    old = {"experiment": "beyond", "seed": 1, "config": {},
+           "settings": {k: v for k, v in dict(plain.settings).items() if k != "arch"}}
+    assert experiments.record_key(old) == plain.key.replace("seed=0", "seed=1")
+    new = {"experiment": "beyond", "seed": 0, "config": {}, "settings": dict(padded.settings)}
+    assert len(results_table.groups_of([old, new])) == 2
 
 
 def test_a_run_with_momentum_trains_with_it_and_records_it(tmp_path):

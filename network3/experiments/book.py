@@ -2,7 +2,16 @@
 (``EXPERIMENTS``, ``build``), and the book's ``run_experiments`` (its
 conv.py) as a list of experiments (``BOOK``)."""
 
-from ..layers import ConvPoolLayer, FullyConnectedLayer, ReLU, SoftmaxLayer, sigmoid, tanh
+from ..layers import (
+    ConvLayer,
+    ConvPoolLayer,
+    FullyConnectedLayer,
+    PoolLayer,
+    ReLU,
+    SoftmaxLayer,
+    sigmoid,
+    tanh,
+)
 
 mini_batch_size = 10
 
@@ -42,6 +51,12 @@ SCHEDULE = {"beyond": (0.5, 4)}
 # He's it reached 92% validation accuracy in 3 (conv.py beyond --train-size
 # 5000 --epochs 3, with --init book and --init corrected)
 INIT = {"beyond": "corrected"}
+# Other networks an experiment can train (--set arch=NAME; by default its
+# own).  beyond's "padded": its 5x5 convolutions padded by 2 pixels, so each
+# keeps its maps' size (28x28, then 14x14) and sees the digit's edges as
+# often as its middle; 64 maps of 7x7 go to the FC layers (a larger network
+# to try, issue 25).
+ARCHS = {"beyond": ("padded",)}
 
 
 def eta_at(experiment, eta, epoch, epochs):
@@ -89,9 +104,9 @@ def fc(n_in, n_out, activation_fn=sigmoid, p_dropout=0.0, init="book"):
                                p_dropout=p_dropout, init=_init(init, activation_fn))
 
 
-def build(experiment, init="book", n=100):
+def build(experiment, init="book", n=100, arch=None):
     """The layers of ``experiment``'s network; ``n`` is the FC width of the
-    expanded-data experiments."""
+    expanded-data experiments, ``arch`` one of its other networks (``ARCHS``)."""
     act = {"dbl_conv_tanh": tanh}.get(experiment, sigmoid)
     if experiment in ("dbl_conv_relu", "expanded_data", "expanded_data_double_fc",
                       "double_fc_dropout", "ensemble"):
@@ -117,6 +132,18 @@ def build(experiment, init="book", n=100):
         return [conv1(act, init), conv2(act, init),
                 fc(40 * 4 * 4, 1000, act, p_dropout=0.5, init=init),
                 fc(1000, 1000, act, p_dropout=0.5, init=init),
+                SoftmaxLayer(n_in=1000, n_out=10, p_dropout=0.5)]
+    if experiment == "beyond" and arch == "padded":
+        m, he = mini_batch_size, _init(init, ReLU)
+        # conv then pool with ReLU: what ConvPoolLayer computes, with padding
+        return [ConvLayer(filter_shape=(32, 1, 5, 5), image_shape=(m, 1, 28, 28),
+                          padding=(2, 2), init=he),
+                PoolLayer(input_shape=(m, 32, 28, 28), activation_fn=ReLU),
+                ConvLayer(filter_shape=(64, 32, 5, 5), image_shape=(m, 32, 14, 14),
+                          padding=(2, 2), init=he),
+                PoolLayer(input_shape=(m, 64, 14, 14), activation_fn=ReLU),
+                fc(64 * 7 * 7, 1000, ReLU, p_dropout=0.5, init=init),
+                fc(1000, 1000, ReLU, p_dropout=0.5, init=init),
                 SoftmaxLayer(n_in=1000, n_out=10, p_dropout=0.5)]
     if experiment == "beyond":
         m = mini_batch_size

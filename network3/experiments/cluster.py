@@ -112,12 +112,12 @@ def warm_up(client, found, specs, stream):
         return  # every worker has caches of its own
 
     def network(spec):
-        # what decides the compiled graphs: the architecture, whether there
+        # what decides the compiled graphs: the network, whether there
         # is an L2 term (lmbda is a shared value) or momentum, the backend
         # and float type
         s = spec["settings"]
-        return (spec["experiment"], s["init"], s["n"], s["lmbda"] > 0, bool(s.get("momentum")),
-                spec.get("backend"), spec.get("floatX"))
+        return (spec["experiment"], s.get("arch"), s["init"], s["n"], s["lmbda"] > 0,
+                bool(s.get("momentum")), spec.get("backend"), spec.get("floatX"))
 
     networks = list({network(s): s for s in specs}.values())
     one_per_host = {}

@@ -1,7 +1,8 @@
 """Runs and their keys.  A run is an experiment, its settings (data,
-epochs, eta, lmbda, init, FC width ``n``, training-set size, augmentation)
-and a seed; its key names all of them, e.g. ``shallow data=mnist epochs=60
-eta=0.1 init=book lmbda=0.0 seed=1``.  The key is what says that a run is
+epochs, eta, lmbda, init, FC width ``n``, training-set size, augmentation,
+momentum, another network ``arch``) and a seed; its key names all of them,
+e.g. ``shallow data=mnist epochs=60 eta=0.1 init=book lmbda=0.0 seed=1``.
+The key is what says that a run is
 already recorded, and it names the run's checkpoint file.  ``plan``
 expands experiments, seeds and ``--set`` grids into runs, checking every
 setting before anything runs."""
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .book import (
+    ARCHS,
     AUGMENT,
     BOOK,
     BOOK_RUNS,
@@ -26,7 +28,8 @@ from .book import (
 
 # the settings of a run, and the type of each as given to --set
 SETTINGS = {"data": str, "epochs": int, "eta": float, "lmbda": float,
-            "init": str, "n": int, "train_size": int, "augment": str, "momentum": float}
+            "init": str, "n": int, "train_size": int, "augment": str, "momentum": float,
+            "arch": str}
 
 
 def _whole(value):
@@ -36,11 +39,12 @@ def _whole(value):
 
 
 def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None,
-             n=None, train_size=None, augment=None, momentum=None):
+             n=None, train_size=None, augment=None, momentum=None, arch=None):
     """The complete, canonical settings of a run of ``experiment``: the
     book's where not given.  ``train_size``: None means all the images;
     ``augment``: None, or the repr of the augmentation; ``momentum``: None
-    (or 0) for the book's plain SGD.  A value that cannot be trained raises
+    (or 0) for the book's plain SGD; ``arch``: None for the experiment's
+    own network, or the name of another (``book.ARCHS``).  A value that cannot be trained raises
     ValueError naming it."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of "
@@ -79,9 +83,15 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
             raise ValueError(f"momentum must be at least 0 and below 1, got {momentum!r}")
         # 0 is plain SGD: the same run (and key) as none given
         momentum = float(momentum) or None
+    if arch is not None and arch not in ARCHS.get(experiment, ()):
+        raise ValueError(f"arch must be one of {', '.join(ARCHS[experiment])} for "
+                         f"{experiment}, got {arch!r}" if experiment in ARCHS else
+                         f"arch is a setting of {' and '.join(ARCHS)} only, not of "
+                         f"{experiment}")
     return {"data": data, "epochs": int(epochs), "eta": eta, "lmbda": lmbda,
             "init": init, "n": n, "train_size": train_size,
-            "augment": augment or AUGMENT.get(experiment), "momentum": momentum}
+            "augment": augment or AUGMENT.get(experiment), "momentum": momentum,
+            "arch": arch}
 
 
 def _format(value):
@@ -100,9 +110,9 @@ def run_key(experiment, run_settings, seed):
 def record_settings(record):
     """A record's settings: as recorded, or, for records written before
     settings were recorded, derived from its ``config``.  A setting added
-    later (momentum) is None where a record predates it."""
+    later (momentum, arch) is None where a record predates it."""
     if "settings" in record:
-        return {"momentum": None, **record["settings"]}
+        return {"momentum": None, "arch": None, **record["settings"]}
     config, experiment = record["config"], record["experiment"]
     data = config.get("data", "mnist")
     train_size = config.get("train_size")
@@ -112,7 +122,7 @@ def record_settings(record):
             "lmbda": float(config["lmbda"]), "init": config.get("init", "book"),
             "n": config["layers"][2]["n_out"] if experiment in WIDTH_EXPERIMENTS else None,
             "train_size": train_size, "augment": config.get("augment"),
-            "momentum": config.get("momentum") or None}
+            "momentum": config.get("momentum") or None, "arch": config.get("arch")}
 
 
 def record_key(record):

@@ -76,13 +76,15 @@ def train(spec, data=None, augment=None, report=None):
                              f"{augment!r} as Augment writes it")
     epochs, eta = s["epochs"], s["eta"]
     network3.seed(seed)
-    net = Network(build(experiment, s["init"], s["n"] or 100), mini_batch_size)
+    net = Network(build(experiment, s["init"], s["n"] or 100, s.get("arch")),
+                  mini_batch_size)
     config = {"epochs": epochs, "eta": eta, "lmbda": s["lmbda"],
               "mini_batch_size": mini_batch_size, "init": s["init"],
               "data": s["data"], "train_size": int(size(training_data)),
               "layers": [describe(layer) for layer in net.layers],
               "backend": network3.backend.backend(), "floatX": network3.floatX(),
               "augment": s["augment"], "momentum": s.get("momentum") or 0.0,
+              "arch": s.get("arch"),
               # [factor, every so many epochs], or None for the book's constant eta
               "schedule": None if experiment not in SCHEDULE else
               [SCHEDULE[experiment][0], max(1, epochs // SCHEDULE[experiment][1])]}
