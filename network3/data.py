@@ -20,6 +20,7 @@ temporary name and renamed, so an interrupted build leaves no half file.
 """
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import os
@@ -392,6 +393,13 @@ def atomic_file(path):
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def leftover_parts(path):
+    """The temporary files that ``atomic_file`` left beside ``path`` when
+    their writers were killed mid-write."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}.*.part"))
 
 
 def _fsync_folder(folder):

@@ -79,7 +79,9 @@ def test_a_killed_command_continues_from_its_last_finished_epoch(tmp_path, mnist
     assert child.wait(timeout=60) == -signal.SIGKILL, \
         "the run finished before the kill landed:\n" + "".join(before)
     assert not out.exists()  # no record of an unfinished run
-    [checkpoint] = (out.parent / "checkpoints").iterdir()
+    # (and, if the kill landed while epoch 1's was written, a .part file)
+    written = sorted((out.parent / "checkpoints").iterdir())
+    [checkpoint] = [f for f in written if f.suffix != ".part"]
 
     again = subprocess.run(command(out), env=env, cwd=tmp_path, text=True,
                            capture_output=True, timeout=300)
@@ -93,7 +95,8 @@ def test_a_killed_command_continues_from_its_last_finished_epoch(tmp_path, mnist
     [uninterrupted] = experiments.read_records(whole)
     assert uninterrupted["resumed_from"] is None
     assert numbers(record) == numbers(uninterrupted)
-    assert not checkpoint.exists()  # removed once the record was written
+    # removed once the record was written, with any half-written one
+    assert not any(f.exists() for f in written)
     assert set(record["versions"]) == {"network3", "pytensor", "numba", "numpy", "python"}
     assert record["versions"]["network3"] == network3.__version__
     assert record["commit"] == experiments.commit()
@@ -191,7 +194,8 @@ def test_force_never_overwrites_a_saved_network_a_record_points_to(tmp_path, mon
 
 def test_a_recorded_run_leaves_no_checkpoint_behind(tmp_path, monkeypatch, capsys):
     """A command killed after writing a record but before removing the
-    run's checkpoint: the next command skips the run and removes it."""
+    run's checkpoint: the next command skips the run and removes it, and
+    the half-written checkpoint of a command killed mid-write."""
     _fake_train.calls = 0
     monkeypatch.setattr(training, "train", _fake_train)
     out = tmp_path / "r.jsonl"
@@ -199,9 +203,14 @@ def test_a_recorded_run_leaves_no_checkpoint_behind(tmp_path, monkeypatch, capsy
     [run] = experiments.plan(["shallow"], out=out)
     assert not run.checkpoint().exists()
     run.checkpoint().write_bytes(b"left behind")
+    half = run.checkpoint().with_name(run.checkpoint().name + ".1234-0badcafe.part")
+    half.write_bytes(b"half")
+    other = run.checkpoint().with_name("other-run.npz.1234-0badcafe.part")
+    other.write_bytes(b"another run's")
     assert conv.main(["shallow", "--out", str(out), "--no-save"]) == 0
     assert "skipped, already recorded" in capsys.readouterr().out
-    assert not run.checkpoint().exists()
+    assert not run.checkpoint().exists() and not half.exists()
+    assert other.exists()
 
 
 def test_records_name_the_commit_of_the_code_that_ran(tmp_path):

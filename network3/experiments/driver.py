@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import backend
-from ..data import atomic_write
+from ..data import atomic_write, leftover_parts
 from . import training
 from .display import print_summary
 from .records import append_record, recorded_keys, versions
@@ -68,7 +68,7 @@ def execute(runs, *, workers=None, scheduler=None, force=False, save=True,
         if not force and run.key in done_keys[run.out]:
             outcome.status = "skipped"
             # left behind if a command died between the record and the removal
-            run.checkpoint(checkpoint_dir).unlink(missing_ok=True)
+            _remove_checkpoint(run.checkpoint(checkpoint_dir))
             print(f"{run.label()}: skipped, already recorded in {run.out}", file=stream)
     todo = [o for o in outcomes if o.status == "queued"]
     options = dict(force=force, save=save, command=command, root=root,
@@ -125,6 +125,13 @@ def _net_path(run, record):
     return path
 
 
+def _remove_checkpoint(path):
+    # and the half-written ones of a run killed while writing it (13 MB
+    # each for beyond's network), which nothing would read
+    for file in [path, *leftover_parts(path)]:
+        file.unlink(missing_ok=True)
+
+
 def _finish(outcome, record, options, net_bytes=None, net=None):
     """Save the run's network, append its record, remove its checkpoint."""
     run = outcome.run
@@ -143,7 +150,7 @@ def _finish(outcome, record, options, net_bytes=None, net=None):
     written = append_record(run.out, record, force=options["force"])
     # only now: a kill before this line leaves the checkpoint, and the same
     # command trains nothing again (the checkpoint has every epoch)
-    run.checkpoint(options["checkpoint_dir"]).unlink(missing_ok=True)
+    _remove_checkpoint(run.checkpoint(options["checkpoint_dir"]))
     outcome.status, outcome.record = "done", record
     if not written:
         outcome.detail = " (a record of it was already written; not written again)"
