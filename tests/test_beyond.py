@@ -3,12 +3,19 @@ Its settings are the ones its records claim: Augment's defaults rebuilt
 from their name, He's initialisation, eta halved at each quarter of the
 epochs; and its other network, ``--set arch=padded``."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import network3
 from network3.augment import Augment
 from network3.experiments import book, runs, training
+from network3.experiments.records import append_record, encode_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import results_table  # noqa: E402
 
 
 def test_settings_name_an_augmentation_that_can_be_rebuilt():
@@ -49,15 +56,6 @@ def test_network_fits_together_with_he_initialisation():
 def test_results_table_has_beyond_and_its_vote(tmp_path):
     """Two recorded beyond runs: a row with both (no 'augmented' or 'init'
     note: those are beyond's own settings) and the row of their vote."""
-    import sys
-    from pathlib import Path
-
-    import numpy as np
-
-    from network3.experiments.records import append_record, encode_labels
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import results_table
-
     labels = np.array([1, 2, 3, 4])
     predictions = {0: [1, 2, 3, 0], 1: [1, 2, 0, 4], 2: [1, 2, 3, 4]}
     for seed, accuracy in ((0, 0.75), (1, 0.75), (2, 1.0)):
@@ -78,13 +76,6 @@ def test_the_readme_table_shows_the_beyond_settings_chosen_on_validation(tmp_pat
     """Two settings tried: RESULTS.md has both; the README's table the one
     whose best run has the higher validation accuracy, though the other has
     the higher test accuracy."""
-    import sys
-    from pathlib import Path
-
-    from network3.experiments.records import append_record, encode_labels
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import results_table
-
     # (a quick run, 2 epochs on 5,000 images, is not chosen, whatever its score)
     for epochs, validation, test, size in ((40, 0.9950, 0.9960, None),
                                            (80, 0.9955, 0.9950, None),
@@ -105,15 +96,6 @@ def test_the_readme_table_prefers_beyond_settings_with_a_vote(tmp_path):
     """One long run with the highest validation accuracy, and a setting of
     two runs: the README's table has the two and their vote (issue 25 asks
     for the vote's row), RESULTS.md all three rows and the vote."""
-    import sys
-    from pathlib import Path
-
-    import numpy as np
-
-    from network3.experiments.records import append_record, encode_labels
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import results_table
-
     for epochs, seed, validation, test in ((160, 0, 0.9960, 0.9955),
                                            (80, 0, 0.9957, 0.9951),
                                            (80, 1, 0.9954, 0.9960)):
