@@ -2,10 +2,9 @@
 epochs, eta, lmbda, init, FC width ``n``, training-set size, augmentation,
 momentum, another network ``arch``) and a seed; its key names all of them,
 e.g. ``shallow data=mnist epochs=60 eta=0.1 init=book lmbda=0.0 seed=1``.
-The key is what says that a run is
-already recorded, and it names the run's checkpoint file.  ``plan``
-expands experiments, seeds and ``--set`` grids into runs, checking every
-setting before anything runs."""
+The key is what says that a run is already recorded, and it names the
+run's checkpoint file.  ``plan`` expands experiments, seeds and ``--set``
+grids into runs, checking every setting before anything runs."""
 
 import hashlib
 import itertools
@@ -44,8 +43,8 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
     book's where not given.  ``train_size``: None means all the images;
     ``augment``: None, or the repr of the augmentation; ``momentum``: None
     (or 0) for the book's plain SGD; ``arch``: None for the experiment's
-    own network, or the name of another (``book.ARCHS``).  A value that cannot be trained raises
-    ValueError naming it."""
+    own network, or the name of another (``book.ARCHS``).  A value that
+    cannot be trained raises ValueError naming it."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of "
                          f"{', '.join(EXPERIMENTS)}")
@@ -83,11 +82,12 @@ def settings(experiment, data=None, epochs=None, eta=None, lmbda=None, init=None
             raise ValueError(f"momentum must be at least 0 and below 1, got {momentum!r}")
         # 0 is plain SGD: the same run (and key) as none given
         momentum = float(momentum) or None
-    if arch is not None and arch not in ARCHS.get(experiment, ()):
-        raise ValueError(f"arch must be one of {', '.join(ARCHS[experiment])} for "
-                         f"{experiment}, got {arch!r}" if experiment in ARCHS else
-                         f"arch is a setting of {' and '.join(ARCHS)} only, not of "
-                         f"{experiment}")
+    if arch is not None and experiment not in ARCHS:
+        raise ValueError(f"arch is a setting of {' and '.join(ARCHS)} only, "
+                         f"not of {experiment}")
+    if arch is not None and arch not in ARCHS[experiment]:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS[experiment])} "
+                         f"for {experiment}, got {arch!r}")
     return {"data": data, "epochs": int(epochs), "eta": eta, "lmbda": lmbda,
             "init": init, "n": n, "train_size": train_size,
             "augment": augment or AUGMENT.get(experiment), "momentum": momentum,
